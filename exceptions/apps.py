@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class ExceptionsConfig(AppConfig):
+    name = "exceptions"
+    verbose_name = "Exception lanes"
+
+    def ready(self):
+        # The pipeline reports permanent failures through this hook, so that
+        # syncflows never imports this app.
+        from exceptions.services.cases import open_case_for_failure
+        from syncflows.services.failures import register_failure_handler
+
+        register_failure_handler(open_case_for_failure)

@@ -1,0 +1,14 @@
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def exception_handler(exc, context):
+    """Give every API error a JSON body with a ``message`` a person can act on."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(data, dict) and "detail" in data and len(data) == 1:
+        response.data = {"message": str(data["detail"]), "code": getattr(data["detail"], "code", "error")}
+    elif isinstance(data, (dict, list)):
+        response.data = {"message": "The request is invalid.", "code": "invalid", "errors": data}
+    return response

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MeshlineConfig(AppConfig):
+    name = "meshline"
+    verbose_name = "Meshline"

@@ -1,0 +1,26 @@
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+
+# Paths open without a login: CRM deliveries authenticate by signature, the
+# health check is for load balancers, and the login page must be reachable.
+PUBLIC_PREFIXES = ("/api/v1/inbound/", "/health/", "/accounts/login/", "/static/")
+
+
+class LoginRequiredMiddleware:
+    """Send anonymous requests to the login page, except for public paths.
+
+    API requests are left to DRF, which answers 403 with a JSON error instead of
+    a redirect."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        path = request.path_info
+        if (
+            request.user.is_authenticated
+            or path.startswith(PUBLIC_PREFIXES)
+            or path.startswith("/api/")
+        ):
+            return self.get_response(request)
+        return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)

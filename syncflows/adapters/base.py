@@ -1,0 +1,139 @@
+"""The adapter interface every ERP destination implements.
+
+The dispatcher calls, in order: ``find_existing(key)`` so that a retry after a
+lost answer never writes twice, then ``preflight(command)``, then
+``execute(command)``. Every failure is raised as an AdapterError that says
+whether it is transient (retried with backoff) or permanent (an exception case
+with the reason code).
+"""
+
+from dataclasses import dataclass, field
+
+# Reason codes, their plain-words titles and the suggested fix shown to users.
+REASONS = {
+    "schema_invalid": (
+        "The command does not match its schema",
+        "Correct the brief's mapping or the CRM data, then replay the event.",
+    ),
+    "mapping_missing": (
+        "A value has no mapping",
+        "Add the missing row to the lookup table, then retry.",
+    ),
+    "master_data_missing": (
+        "The ERP does not know the customer or product",
+        "Create or link the record in the ERP, then retry.",
+    ),
+    "acceptance_failed": (
+        "The command failed an acceptance check",
+        "Compare the expected and actual values, correct the CRM deal or the brief, then replay.",
+    ),
+    "erp_rejected": (
+        "The ERP rejected the document",
+        "Read the ERP's message, correct the data it names, then retry.",
+    ),
+    "erp_unavailable": (
+        "The ERP could not be reached",
+        "Check that the ERP is running, then retry. Meshline already retried with backoff.",
+    ),
+    "rate_limited": (
+        "The ERP asked Meshline to slow down",
+        "Retry later, or lower the dispatch rate for this destination.",
+    ),
+    "auth_failed": (
+        "Meshline could not log in to the ERP",
+        "Update the destination's credentials in admin, then retry.",
+    ),
+    "drift_blocked": (
+        "The CRM changed a field this brief uses",
+        "Review the drift report, update the brief if needed, then release the held commands.",
+    ),
+    "idempotency_conflict": (
+        "The deal changed after its ERP document was created",
+        "Compare both versions; compensate and replay to replace the document, or dismiss.",
+    ),
+    "stale_event": (
+        "An older change arrived after a newer one",
+        "Nothing to do: the newer state was kept.",
+    ),
+}
+
+
+class AdapterError(Exception):
+    def __init__(
+        self,
+        reason_code: str,
+        message: str,
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+        detail: dict | None = None,
+    ):
+        if reason_code not in REASONS:
+            raise ValueError(f"Unknown reason code {reason_code!r}.")
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.message = message
+        self.transient = transient
+        self.retry_after = retry_after
+        self.detail = detail or {}
+
+
+@dataclass(frozen=True)
+class CommandData:
+    """What an adapter gets: the command without any database row."""
+
+    idempotency_key: str
+    command_type: str
+    payload: dict
+    mode: str = "live"
+    options: dict = field(default_factory=dict)  # from the brief, e.g. create_missing_customers
+
+
+@dataclass
+class ExecutionResult:
+    reference: str  # the ERP's id of the document, e.g. "sale.sale:42"
+    document_number: str  # what people search for, e.g. "SO-0042"
+    data: dict = field(default_factory=dict)  # invoice ids and numbers, totals
+
+
+@dataclass
+class InvoiceInfo:
+    reference: str
+    number: str
+    state: str  # draft, posted, paid, cancelled
+    currency: str
+    total: str  # decimal string
+    paid_on: str | None = None  # ISO date
+    credited_total: str = "0"  # sum of credit notes against it, decimal string
+
+
+class Adapter:
+    def __init__(self, destination):
+        self.destination = destination
+        self.settings = destination.settings or {}
+
+    def preflight(self, command: CommandData) -> dict:
+        """Validate without writing; return computed totals. Raise AdapterError."""
+        raise NotImplementedError
+
+    def execute(self, command: CommandData) -> ExecutionResult:
+        raise NotImplementedError
+
+    def find_existing(self, idempotency_key: str) -> ExecutionResult | None:
+        raise NotImplementedError
+
+    def compensate(self, result: dict) -> dict:
+        """Reverse the document described by a stored ExecutionResult; idempotent."""
+        raise NotImplementedError
+
+    def fetch_invoice(self, reference: str) -> InvoiceInfo | None:
+        raise NotImplementedError
+
+    def classify(self, exc: Exception) -> AdapterError:
+        """Map any error raised while talking to the ERP to an AdapterError."""
+        if isinstance(exc, AdapterError):
+            return exc
+        return AdapterError("erp_unavailable", f"Unexpected error: {exc}", transient=True)
+
+    def close(self) -> None:
+        """Release connections; called when a worker stops."""

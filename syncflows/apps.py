@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SyncflowsConfig(AppConfig):
+    name = "syncflows"
+    verbose_name = "Sync flows"

@@ -1,0 +1,39 @@
+from syncflows.models.briefs import Brief, BriefVersion
+from syncflows.models.commands import Command, SyncRun
+from syncflows.models.connectors import Connector
+from syncflows.models.events import Delivery, InboundEvent
+from syncflows.models.ledger import LedgerEntry
+from syncflows.models.lookups import LookupRow, LookupTable
+from syncflows.models.records import RecordAlias, RecordChange, SourceRecord
+from syncflows.models.routing import Destination, Route
+from syncflows.models.sandbox import (
+    SandboxCurrency,
+    SandboxCustomer,
+    SandboxOrder,
+    SandboxProduct,
+)
+from syncflows.models.triggers import Trigger, TriggerVersion
+
+__all__ = [
+    "Brief",
+    "BriefVersion",
+    "Command",
+    "Connector",
+    "Delivery",
+    "Destination",
+    "InboundEvent",
+    "LedgerEntry",
+    "LookupRow",
+    "LookupTable",
+    "RecordAlias",
+    "RecordChange",
+    "Route",
+    "SandboxCurrency",
+    "SandboxCustomer",
+    "SandboxOrder",
+    "SandboxProduct",
+    "SourceRecord",
+    "SyncRun",
+    "Trigger",
+    "TriggerVersion",
+]

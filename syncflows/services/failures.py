@@ -1,0 +1,47 @@
+"""The hook through which the pipeline reports permanent failures.
+
+The exceptions app registers a handler in its AppConfig.ready(); the pipeline
+calls ``report_failure`` inside the transaction that records the failure, so
+the case and the failure commit together.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+_handlers = []
+
+
+@dataclass
+class Failure:
+    reason_code: str
+    message: str
+    record_key: str
+    detail: dict = field(default_factory=dict)
+    run: object = None  # SyncRun
+    command: object = None  # Command
+    event: object = None  # InboundEvent
+    brief: object = None  # Brief
+    destination: object = None  # Destination
+    business_unit: str = ""
+
+
+def register_failure_handler(handler) -> None:
+    if handler not in _handlers:
+        _handlers.append(handler)
+
+
+def report_failure(failure: Failure):
+    """Call every handler; return the first non-None result (the case)."""
+    result = None
+    for handler in _handlers:
+        outcome = handler(failure)
+        result = result if result is not None else outcome
+    if not _handlers:
+        logger.error(
+            "No failure handler is registered; failure %s for %s has no case",
+            failure.reason_code,
+            failure.record_key,
+        )
+    return result
