@@ -8,7 +8,17 @@ class ExceptionsConfig(AppConfig):
     def ready(self):
         # The pipeline reports permanent failures through this hook, so that
         # syncflows never imports this app.
-        from exceptions.services.cases import open_case_for_failure
-        from syncflows.services.failures import register_failure_handler
+        from exceptions.services.cases import (
+            close_cases_of_command,
+            close_obsolete_cases,
+            open_case_for_failure,
+        )
+        from syncflows.services.failures import (
+            register_failure_handler,
+            register_resolution_handler,
+            register_success_handler,
+        )
 
         register_failure_handler(open_case_for_failure)
+        register_resolution_handler(close_obsolete_cases)
+        register_success_handler(close_cases_of_command)

@@ -1,7 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from meshline.health import health
+from syncflows.views.inbound import inbound
+
 urlpatterns = [
+    path("api/v1/inbound/<slug:slug>/", inbound, name="inbound"),
+    path("health/", health, name="health"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
 ]

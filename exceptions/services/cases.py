@@ -1,2 +1,150 @@
+"""Opening exception cases for pipeline failures, with an owner and an SLA."""
+
+import logging
+from datetime import timedelta
+
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from exceptions.models import CaseHistory, ExceptionCase, Lane, OwnershipRule
+from meshline.roles import TRIAGE_LEAD
+from syncflows.adapters.base import REASONS
+from syncflows.models import LedgerEntry
+from syncflows.services import ledger
+
+logger = logging.getLogger(__name__)
+
+# Reasons that are about the data before the ERP saw it: a later successful
+# run of the same brief and record makes such a case obsolete.
+PRE_DISPATCH_REASONS = {"schema_invalid", "mapping_missing", "acceptance_failed"}
+
+
+def pick_rule(keywords, business_unit, destination_id, reason_code):
+    """Return the most specific ownership rule that matches, or None.
+
+    Empty rule fields match anything. More filled fields win; among equally
+    specific rules, the lower priority number wins, then the older rule.
+    """
+    candidates = []
+    for rule in OwnershipRule.objects.select_related("lane", "owner_user", "owner_group"):
+        if rule.keyword and rule.keyword not in keywords:
+            continue
+        if rule.business_unit and rule.business_unit != business_unit:
+            continue
+        if rule.destination_id and rule.destination_id != destination_id:
+            continue
+        if rule.reason_code and rule.reason_code != reason_code:
+            continue
+        candidates.append(rule)
+    if not candidates:
+        return None
+    candidates.sort(key=lambda r: (-r.specificity, r.priority, r.pk))
+    return candidates[0]
+
+
+def _fallback_lane(reason_code):
+    for lane in Lane.objects.all():
+        if reason_code in (lane.reason_codes or []):
+            return lane
+    triage = Group.objects.get_or_create(name=TRIAGE_LEAD)[0]
+    lane, _ = Lane.objects.get_or_create(
+        slug="triage",
+        defaults={"name": "Triage", "owner_group": triage, "description": "Cases no rule claims."},
+    )
+    return lane
+
+
 def open_case_for_failure(failure):
-    raise NotImplementedError
+    keywords = list(failure.brief.keywords) if failure.brief else []
+    destination_id = failure.destination.pk if failure.destination else None
+    rule = pick_rule(keywords, failure.business_unit, destination_id, failure.reason_code)
+    if rule is not None:
+        lane, owner_user, owner_group = rule.lane, rule.owner_user, rule.owner_group
+        keyword = rule.keyword or (keywords[0] if keywords else "")
+    else:
+        lane = _fallback_lane(failure.reason_code)
+        owner_user = None
+        # No rule names an owner: the Triage Lead group owns it, never nobody.
+        owner_group = Group.objects.get_or_create(name=TRIAGE_LEAD)[0]
+        keyword = keywords[0] if keywords else ""
+    title, fix = REASONS.get(failure.reason_code, (failure.reason_code, ""))
+    now = timezone.now()
+    sla_hours = failure.brief.sla_hours if failure.brief else lane.sla_hours
+    case = ExceptionCase.objects.create(
+        reason_code=failure.reason_code,
+        title=title,
+        message=failure.message,
+        suggested_fix=fix,
+        detail=failure.detail,
+        state=ExceptionCase.State.ASSIGNED if owner_user else ExceptionCase.State.OPEN,
+        lane=lane,
+        owner_user=owner_user,
+        owner_group=owner_group,
+        record_key=failure.record_key,
+        keyword=keyword,
+        business_unit=failure.business_unit,
+        brief=failure.brief,
+        destination=failure.destination,
+        run=failure.run,
+        command=failure.command,
+        event=failure.event,
+        opened_at=now,
+        due_at=now + timedelta(hours=sla_hours),
+    )
+    owner = owner_user or owner_group
+    CaseHistory.objects.create(
+        case=case,
+        action="opened",
+        to_state=case.state,
+        note=f"Opened for {failure.reason_code}; owner {owner}"
+        + (f" by rule {rule.pk}." if rule else " because no ownership rule matched."),
+    )
+    ledger.write(
+        LedgerEntry.Step.EXCEPTION,
+        f"Exception case {case.pk} opened ({failure.reason_code}) in lane {lane.slug}, owner {owner}.",
+        ok=False,
+        reason_code=failure.reason_code,
+        record_key=failure.record_key,
+        case_id=case.pk,
+        command=failure.command,
+        run=failure.run,
+    )
+    logger.info("Case %s opened for %s (%s)", case.pk, failure.record_key, failure.reason_code)
+    return case
+
+
+def close_obsolete_cases(record_key, brief_id, run) -> None:
+    """Resolve open pre-dispatch cases once the same brief succeeds on the record."""
+    cases = ExceptionCase.objects.filter(
+        record_key=record_key,
+        brief_id=brief_id,
+        state__in=ExceptionCase.OPEN_STATES,
+        reason_code__in=PRE_DISPATCH_REASONS,
+    )
+    for case in cases:
+        _auto_resolve(case, f"A later run ({run.pk}) of the same brief queued its command.")
+
+
+def close_cases_of_command(command) -> None:
+    """Resolve the open cases of a command that has now succeeded."""
+    cases = ExceptionCase.objects.filter(command=command, state__in=ExceptionCase.OPEN_STATES)
+    for case in cases:
+        _auto_resolve(case, f"Command {command.pk} succeeded on a later attempt.")
+
+
+def _auto_resolve(case, note: str) -> None:
+    previous = case.state
+    case.state = ExceptionCase.State.RESOLVED
+    case.closed_at = timezone.now()
+    case.resolution_note = note
+    case.save(update_fields=["state", "closed_at", "resolution_note"])
+    CaseHistory.objects.create(
+        case=case, action="auto_resolved", from_state=previous, to_state=case.state, note=note
+    )
+    ledger.write(
+        LedgerEntry.Step.ACTION,
+        f"Exception case {case.pk} resolved: {note}",
+        record_key=case.record_key,
+        case_id=case.pk,
+    )
+    logger.info("Case %s resolved automatically: %s", case.pk, note)

@@ -12,6 +12,8 @@ class LookupTable(models.Model):
         default="mapping_missing",
         help_text="Reason code of the exception opened when a key is not in the table.",
     )
+    # Raised on every row change, so that workers know when to reload a table.
+    version = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["slug"]
@@ -34,3 +36,13 @@ class LookupRow(models.Model):
 
     def __str__(self):
         return f"{self.table.slug}[{self.key}]"
+
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        LookupTable.objects.filter(pk=self.table_id).update(version=models.F("version") + 1)
+
+    def delete(self, *args, **kwargs):
+        table_id = self.table_id
+        result = super().delete(*args, **kwargs)
+        LookupTable.objects.filter(pk=table_id).update(version=models.F("version") + 1)
+        return result

@@ -45,3 +45,32 @@ def report_failure(failure: Failure):
             failure.record_key,
         )
     return result
+
+
+_resolution_handlers = []
+
+
+def register_resolution_handler(handler) -> None:
+    """Register a handler called when a record's brief succeeds again, so that
+    cases opened by its earlier failures can be closed."""
+    if handler not in _resolution_handlers:
+        _resolution_handlers.append(handler)
+
+
+def report_resolution(record_key: str, brief_id: int, run) -> None:
+    for handler in _resolution_handlers:
+        handler(record_key, brief_id, run)
+
+
+_success_handlers = []
+
+
+def register_success_handler(handler) -> None:
+    """Register a handler called when a command succeeds after a retry."""
+    if handler not in _success_handlers:
+        _success_handlers.append(handler)
+
+
+def report_success(command) -> None:
+    for handler in _success_handlers:
+        handler(command)

@@ -1,0 +1,295 @@
+"""Claiming and running outbox commands.
+
+Workers claim due commands with ``SELECT ... FOR UPDATE SKIP LOCKED`` on
+PostgreSQL (SQLite serialises writers, so the conditional UPDATE that marks
+a row claimed is enough there). A command is not claimable while an older
+command of the same record is still open, so one record's commands run in
+order while different records run in parallel.
+"""
+
+import logging
+import os
+import random
+import socket
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from syncflows.adapters import AdapterError, CommandData, get_adapter
+from syncflows.models import Command, LedgerEntry
+from syncflows.services import ledger
+from syncflows.services.failures import Failure, report_failure, report_success
+
+logger = logging.getLogger(__name__)
+Step = LedgerEntry.Step
+
+_adapters: dict = {}
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _adapter_for(destination):
+    cached = _adapters.get(destination.pk)
+    if cached is None or cached.destination.settings != destination.settings:
+        cached = get_adapter(destination)
+        _adapters[destination.pk] = cached
+    return cached
+
+
+def close_adapters() -> None:
+    for adapter in _adapters.values():
+        adapter.close()
+    _adapters.clear()
+
+
+def claim(limit: int, worker: str) -> list[int]:
+    """Mark up to ``limit`` due commands as sent by ``worker``; return their ids."""
+    now = timezone.now()
+    older_open = Command.objects.filter(
+        ordering_key=OuterRef("ordering_key"),
+        id__lt=OuterRef("id"),
+        state__in=Command.OPEN_STATES,
+    )
+    due = (
+        Command.objects.filter(
+            state__in=[Command.State.PENDING, Command.State.RETRY_SCHEDULED],
+            next_attempt_at__lte=now,
+        )
+        .filter(~Exists(older_open))
+        .order_by("next_attempt_at", "id")
+    )
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        ids = list(due.values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        Command.objects.filter(
+            id__in=ids, state__in=[Command.State.PENDING, Command.State.RETRY_SCHEDULED]
+        ).update(state=Command.State.SENT, claimed_at=now, claimed_by=worker)
+        claimed = list(
+            Command.objects.filter(id__in=ids, state=Command.State.SENT, claimed_by=worker, claimed_at=now)
+            .values_list("id", flat=True)
+        )
+    return claimed
+
+
+def run_command(command_id: int, worker: str) -> str:
+    """Run one claimed command to its next state; return that state."""
+    command = Command.objects.select_related("destination", "brief_version__brief", "record").get(
+        pk=command_id
+    )
+    if command.state != Command.State.SENT or command.claimed_by != worker:
+        return command.state
+    attempt = command.attempts + 1
+    logger.info("Command %s attempt %s started on %s", command.pk, attempt, worker)
+    data = CommandData(
+        idempotency_key=command.idempotency_key,
+        command_type=command.command_type,
+        payload=command.payload,
+        mode=command.mode,
+        options={
+            "create_missing_customers": command.brief_version.brief.create_missing_customers
+        },
+    )
+    adapter = _adapter_for(command.destination)
+    try:
+        if command.mode == Command.Mode.DRY_RUN:
+            preflight = adapter.preflight(data)
+            return _succeed(command, worker, attempt, None, preflight, dry_run=True)
+        existing = adapter.find_existing(command.idempotency_key)
+        if existing is not None:
+            return _succeed(command, worker, attempt, existing, None, found=True)
+        preflight = adapter.preflight(data)
+        result = adapter.execute(data)
+        return _succeed(command, worker, attempt, result, preflight)
+    except Exception as exc:  # every adapter error is classified, never lost
+        error = adapter.classify(exc)
+        if not isinstance(exc, AdapterError):
+            logger.exception("Command %s raised an unclassified error", command.pk)
+        return _fail(command, worker, attempt, error)
+
+
+def _finish(command, worker, **fields) -> bool:
+    """Write the outcome only if this worker still holds the claim."""
+    fields.setdefault("updated_at", timezone.now())
+    updated = Command.objects.filter(
+        pk=command.pk, state=Command.State.SENT, claimed_by=worker
+    ).update(**fields)
+    if not updated:
+        logger.warning("Command %s was re-queued while %s ran it; outcome dropped", command.pk, worker)
+    return bool(updated)
+
+
+def _succeed(command, worker, attempt, result, preflight, *, dry_run=False, found=False) -> str:
+    now = timezone.now()
+    stored = {"preflight": preflight} if preflight is not None else {}
+    if result is not None:
+        stored.update(reference=result.reference, document_number=result.document_number, **result.data)
+    with transaction.atomic():
+        if not _finish(
+            command,
+            worker,
+            state=Command.State.SUCCEEDED,
+            attempts=attempt,
+            result=stored,
+            erp_reference=result.reference if result else "",
+            erp_document_number=result.document_number if result else "",
+            finished_at=now,
+            reason_code="",
+            last_error="",
+        ):
+            return Command.State.SENT
+        if dry_run:
+            step, message = Step.PREFLIGHT, "Dry run: preflight passed, nothing written to the ERP."
+        elif found:
+            step = Step.EXISTING
+            message = (
+                f"The ERP already holds {result.document_number} with this idempotency key; "
+                "it was not created again."
+            )
+        else:
+            step, message = Step.EXECUTE, f"Created {result.document_number} in {command.destination.slug}."
+        ledger.write(
+            step,
+            message,
+            record_key=command.record.record_key,
+            command=command,
+            payload_before=command.payload,
+            payload_after=stored,
+        )
+        report_success(command)
+    logger.info("Command %s succeeded: %s", command.pk, stored.get("document_number", "dry run"))
+    return Command.State.SUCCEEDED
+
+
+def backoff_seconds(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than Retry-After."""
+    ceiling = min(settings.MESHLINE_BACKOFF_MAX_SECONDS, settings.MESHLINE_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    delay = random.uniform(ceiling / 2, ceiling) if ceiling else 0
+    return max(delay, retry_after or 0)
+
+
+def _fail(command, worker, attempt, error: AdapterError) -> str:
+    now = timezone.now()
+    if error.transient and attempt < settings.MESHLINE_MAX_ATTEMPTS:
+        delay = backoff_seconds(attempt, error.retry_after)
+        with transaction.atomic():
+            if not _finish(
+                command,
+                worker,
+                state=Command.State.RETRY_SCHEDULED,
+                attempts=attempt,
+                next_attempt_at=now + timedelta(seconds=delay),
+                reason_code=error.reason_code,
+                last_error=error.message[:2000],
+            ):
+                return Command.State.SENT
+            ledger.write(
+                Step.RETRY,
+                f"Attempt {attempt} failed ({error.reason_code}): {error.message} "
+                f"Retrying in {delay:.0f} s.",
+                ok=False,
+                reason_code=error.reason_code,
+                record_key=command.record.record_key,
+                command=command,
+            )
+        logger.warning(
+            "Command %s attempt %s failed with %s; retry in %.1f s",
+            command.pk, attempt, error.reason_code, delay,
+        )
+        from syncflows.tasks import schedule_dispatch
+
+        schedule_dispatch(delay)
+        return Command.State.RETRY_SCHEDULED
+
+    if error.transient:
+        message = f"Gave up after {attempt} attempts: {error.message}"
+    else:
+        message = error.message
+    with transaction.atomic():
+        if not _finish(
+            command,
+            worker,
+            state=Command.State.FAILED,
+            attempts=attempt,
+            reason_code=error.reason_code,
+            last_error=message[:2000],
+            finished_at=now,
+        ):
+            return Command.State.SENT
+        ledger.write(
+            Step.FAIL,
+            message,
+            ok=False,
+            reason_code=error.reason_code,
+            record_key=command.record.record_key,
+            command=command,
+            payload_after=error.detail or None,
+        )
+        command.refresh_from_db()
+        report_failure(
+            Failure(
+                reason_code=error.reason_code,
+                message=message,
+                record_key=command.record.record_key,
+                detail={**error.detail, "payload": command.payload},
+                command=command,
+                brief=command.brief_version.brief,
+                destination=command.destination,
+                business_unit=command.record.business_unit,
+            )
+        )
+    logger.warning("Command %s failed for good: %s", command.pk, error.reason_code)
+    return Command.State.FAILED
+
+
+def dispatch_due(limit: int = 20, worker: str | None = None, max_batches: int = 50) -> int:
+    """Claim and run due commands until none are left; return how many ran."""
+    worker = worker or worker_id()
+    total = 0
+    for _ in range(max_batches):
+        ids = claim(limit, worker)
+        if not ids:
+            break
+        for command_id in ids:
+            try:
+                run_command(command_id, worker)
+            except Exception:
+                # The claim stays; the sweep re-queues the command later.
+                logger.exception("Command %s crashed the worker loop", command_id)
+            total += 1
+    return total
+
+
+def sweep(now=None) -> int:
+    """Re-queue commands whose worker died after claiming them."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.MESHLINE_CLAIM_TIMEOUT_SECONDS)
+    stuck = list(
+        Command.objects.filter(state=Command.State.SENT, claimed_at__lt=cutoff).select_related("record")
+    )
+    requeued = 0
+    for command in stuck:
+        with transaction.atomic():
+            updated = Command.objects.filter(
+                pk=command.pk, state=Command.State.SENT, claimed_at=command.claimed_at
+            ).update(state=Command.State.PENDING, claimed_by="", next_attempt_at=now, updated_at=now)
+            if updated:
+                requeued += 1
+                ledger.write(
+                    Step.REQUEUE,
+                    f"Command {command.pk} was claimed by {command.claimed_by} at "
+                    f"{command.claimed_at.isoformat()} and never finished; re-queued.",
+                    ok=False,
+                    record_key=command.record.record_key,
+                    command=command,
+                )
+    if requeued:
+        logger.warning("Sweep re-queued %s command(s) left by dead workers", requeued)
+    return requeued

@@ -1,0 +1,168 @@
+"""Applying a parsed CRM event to the last-known state of its record.
+
+Each field carries the version of the change that last set it:
+``[occurred_at_iso, sequence]``. An incoming field is applied only when its
+change is not older than that version, so a late delivery of an old change
+cannot roll a newer value back, while its other, newer fields still apply.
+"""
+
+from datetime import UTC
+
+from syncflows.models import RecordAlias, RecordChange, SourceRecord
+from syncflows.services import ledger
+
+Step = ledger.LedgerEntry.Step
+
+
+def record_key(connector, object_type: str, record_id: str) -> str:
+    return f"{connector.slug}:{object_type}:{record_id}"
+
+
+def _version(event) -> list:
+    # A fixed-width UTC form, so that versions compare correctly as strings.
+    moment = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return [moment, event.sequence or 0]
+
+
+def resolve_record(connector, object_type: str, record_id: str, *, lock: bool = True):
+    """Return the SourceRecord for a CRM id, following merge aliases; create it
+    when it is new. The row is locked for the rest of the transaction."""
+    alias = (
+        RecordAlias.objects.filter(
+            connector=connector, object_type=object_type, alias_id=record_id
+        )
+        .values_list("record_id", flat=True)
+        .first()
+    )
+    queryset = SourceRecord.objects.select_for_update() if lock else SourceRecord.objects
+    if alias is not None:
+        return queryset.get(pk=alias)
+    record, _ = queryset.get_or_create(
+        connector=connector,
+        object_type=object_type,
+        record_id=record_id,
+        defaults={
+            "record_key": record_key(connector, object_type, record_id),
+            "business_unit": connector.business_unit,
+            "region": connector.region,
+        },
+    )
+    return record
+
+
+def apply_event(event, parsed) -> RecordChange:
+    """Merge one InboundEvent into its record and store the RecordChange."""
+    connector = event.connector
+    record = resolve_record(connector, event.object_type, event.record_id)
+    previous = dict(record.state)
+    version = _version(event)
+    state = dict(record.state)
+    versions = dict(record.field_versions)
+    applied, skipped, changed = [], [], []
+
+    for field, value in parsed.fields.items():
+        stored = versions.get(field)
+        if stored is not None and list(stored) > version:
+            skipped.append(field)
+            continue
+        applied.append(field)
+        versions[field] = version
+        if state.get(field, _ABSENT) != value:
+            changed.append(field)
+        state[field] = value
+
+    structural = parsed.change_type in {"create", "delete", "merge"}
+    is_stale = bool(skipped) and not applied and not structural
+    if parsed.change_type == "delete" and not record.is_deleted:
+        record.is_deleted = True
+        changed.append("is_deleted")
+
+    if not is_stale:
+        record.state = state
+        record.field_versions = versions
+        record.revision += 1
+        if record.last_occurred_at is None or event.occurred_at > record.last_occurred_at:
+            record.last_occurred_at = event.occurred_at
+        _link_parent(record, parsed)
+        record.save()
+        if parsed.change_type == "merge":
+            _record_merge(record, parsed)
+        _adopt_children(record)
+
+    change = RecordChange.objects.create(
+        record=record,
+        event=event,
+        change_type=parsed.change_type,
+        revision=record.revision,
+        occurred_at=event.occurred_at,
+        state=record.state,
+        previous=previous,
+        changed=changed,
+        status=RecordChange.Status.STALE if is_stale else RecordChange.Status.APPLIED,
+    )
+    if is_stale:
+        ledger.write(
+            Step.STALE,
+            f"Change from {event.occurred_at.isoformat()} is older than the stored "
+            f"values of {', '.join(skipped)}; the newer state was kept.",
+            ok=True,
+            reason_code="stale_event",
+            record_key=record.record_key,
+            connector=connector,
+            delivery_id=event.delivery_id,
+            event=event,
+            payload_before=previous,
+            payload_after=parsed.fields,
+        )
+    else:
+        note = f" Kept newer values of {', '.join(skipped)}." if skipped else ""
+        ledger.write(
+            Step.NORMALISE,
+            f"{parsed.change_type.capitalize()} applied as revision {record.revision}; "
+            f"changed: {', '.join(changed) or 'nothing'}.{note}",
+            record_key=record.record_key,
+            connector=connector,
+            delivery_id=event.delivery_id,
+            event=event,
+            payload_before=previous,
+            payload_after=record.state,
+        )
+    return change
+
+
+_ABSENT = object()
+
+
+def _link_parent(record, parsed) -> None:
+    if not parsed.parent_type or not parsed.parent_id:
+        return
+    record.parent_ref = f"{parsed.parent_type}:{parsed.parent_id}"
+    record.parent = SourceRecord.objects.filter(
+        connector=record.connector, object_type=parsed.parent_type, record_id=parsed.parent_id
+    ).first()
+
+
+def _adopt_children(record) -> None:
+    """Link child records that arrived before this parent existed."""
+    SourceRecord.objects.filter(
+        connector=record.connector,
+        parent_ref=f"{record.object_type}:{record.record_id}",
+        parent__isnull=True,
+    ).update(parent=record)
+
+
+def _record_merge(survivor, parsed) -> None:
+    for merged_id in parsed.merged_ids:
+        if merged_id == survivor.record_id:
+            continue
+        RecordAlias.objects.get_or_create(
+            connector=survivor.connector,
+            object_type=survivor.object_type,
+            alias_id=merged_id,
+            defaults={"record": survivor},
+        )
+        SourceRecord.objects.filter(
+            connector=survivor.connector,
+            object_type=survivor.object_type,
+            record_id=merged_id,
+        ).update(merged_into=survivor)

@@ -1,0 +1,385 @@
+"""Match, transform, validate and route: from a record change to an outbox command.
+
+Each change is processed in one transaction that locks its source record, so
+changes of one record are processed one at a time. The mapping reads the
+record's current state, not the change's snapshot: when two changes of one
+record are processed out of order, both map to the same command.
+"""
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from meshline import money
+from meshline.expressions import Evaluator, ExpressionError, LookupMissing, to_cel_value
+from syncflows.adapters.base import REASONS
+from syncflows.models import InboundEvent, LedgerEntry, RecordChange, SourceRecord, SyncRun
+from syncflows.services import ledger
+from syncflows.services.config import load_config, validator_for
+from syncflows.services.failures import Failure, report_failure, report_resolution
+from syncflows.services.outbox import enqueue_command
+
+logger = logging.getLogger(__name__)
+Step = LedgerEntry.Step
+
+
+class RunFailed(Exception):
+    def __init__(self, reason_code: str, message: str, detail: dict | None = None):
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.message = message
+        self.detail = detail or {}
+
+
+def process_changes(change_ids, config=None) -> list[int]:
+    """Process each change in its own transaction; return the queued command ids."""
+    config = config or load_config()
+    command_ids = []
+    for change_id in change_ids:
+        try:
+            command_ids.extend(process_change(change_id, config))
+        except Exception:
+            # One broken change must not stop the batch; the sweep retries it.
+            logger.exception("Processing record change %s failed", change_id)
+    return command_ids
+
+
+def process_change(change_id: int, config) -> list[int]:
+    with transaction.atomic():
+        record_id = RecordChange.objects.values_list("record_id", flat=True).get(pk=change_id)
+        record = SourceRecord.objects.select_for_update().select_related("connector").get(
+            pk=record_id
+        )
+        change = RecordChange.objects.select_related("event").get(pk=change_id)
+        if change.status != RecordChange.Status.APPLIED:
+            return []  # already processed, for example by a duplicate task message
+        command_ids = _match_and_run(change, record, config)
+        now = timezone.now()
+        change.processed_at = now
+        change.save(update_fields=["status", "processed_at"])
+        InboundEvent.objects.filter(pk=change.event_id).update(
+            status=InboundEvent.Status.PROCESSED, processed_at=now
+        )
+        if record.parent_id:
+            command_ids.extend(_rerun_waiting(record.parent_id, config))
+    return command_ids
+
+
+def _event_variables(change, record) -> dict:
+    event = change.event
+    return {
+        "type": event.event_type,
+        "change_type": change.change_type,
+        "connector": record.connector.slug,
+        "object_type": record.object_type,
+        "record_id": record.record_id,
+        "record_key": record.record_key,
+        "occurred_at": change.occurred_at.isoformat(),
+        "revision": change.revision,
+    }
+
+
+def _match_and_run(change, record, config) -> list[int]:
+    event_vars = _event_variables(change, record)
+    evaluator = Evaluator(
+        {
+            "record": to_cel_value(change.state),
+            "previous": to_cel_value(change.previous),
+            "changed": list(change.changed),
+            "event": event_vars,
+        }
+    )
+    matched = []
+    for trigger in config.triggers_for(record.connector_id, record.object_type):
+        try:
+            if evaluator.evaluate(trigger.condition, name=f"trigger {trigger.slug}") is True:
+                matched.append(trigger)
+        except ExpressionError as exc:
+            # A trigger that cannot be evaluated on this record does not match;
+            # the ledger keeps the reason so that the trigger can be fixed.
+            ledger.write(
+                Step.NO_MATCH,
+                f"Trigger {trigger.slug} could not be evaluated: {exc.message}",
+                ok=False,
+                record_key=record.record_key,
+                event_id=change.event_id,
+            )
+    if not matched:
+        change.status = RecordChange.Status.UNMATCHED
+        ledger.write(
+            Step.NO_MATCH,
+            f"No trigger matched revision {change.revision}.",
+            record_key=record.record_key,
+            event_id=change.event_id,
+        )
+        return []
+
+    change.status = RecordChange.Status.MATCHED
+    command_ids = []
+    for trigger in matched:
+        ledger.write(
+            Step.MATCH,
+            f"Trigger {trigger.slug} matched revision {change.revision}.",
+            record_key=record.record_key,
+            event_id=change.event_id,
+        )
+        for version in config.versions_by_trigger.get(trigger.pk, []):
+            command = run_brief(version, change, record, config, trigger=trigger)
+            if command is not None:
+                command_ids.append(command.pk)
+    return command_ids
+
+
+def _rerun_waiting(parent_id: int, config) -> list[int]:
+    """Run again the briefs that were waiting on a parent for more children."""
+    parent = SourceRecord.objects.select_for_update().select_related("connector").get(pk=parent_id)
+    waiting = (
+        SyncRun.objects.filter(record=parent, state=SyncRun.State.WAITING)
+        .select_related("change__event", "brief_version__brief")
+        .order_by("-id")
+    )
+    done, command_ids = set(), []
+    for run in waiting:
+        if run.brief_version_id in done:
+            continue
+        done.add(run.brief_version_id)
+        SyncRun.objects.filter(pk=run.pk).update(state=SyncRun.State.SUPERSEDED)
+        command = run_brief(run.brief_version, run.change, parent, config)
+        if command is not None:
+            command_ids.append(command.pk)
+    return command_ids
+
+
+def mapping_variables(record, change, children=None) -> dict:
+    connector = record.connector
+    return {
+        "record": to_cel_value(record.state),
+        "children": children if children is not None else load_children(record),
+        "event": _event_variables(change, record),
+        "connector": {
+            "slug": connector.slug,
+            "kind": connector.kind,
+            "default_currency": connector.default_currency,
+            "business_unit": record.business_unit or connector.business_unit,
+            "region": record.region or connector.region,
+            "time_zone": connector.time_zone,
+        },
+    }
+
+
+def load_children(record) -> dict:
+    children: dict[str, list] = {}
+    rows = SourceRecord.objects.filter(parent=record, is_deleted=False).order_by("record_id")
+    for object_type, record_id, state in rows.values_list("object_type", "record_id", "state"):
+        children.setdefault(object_type, []).append({"id": record_id, **to_cel_value(state)})
+    return children
+
+
+def run_brief(version, change, record, config, *, trigger=None):
+    """Apply one brief version to one change; return the queued Command or None."""
+    rows: list[LedgerEntry] = []
+    run = SyncRun(
+        brief_version=version,
+        change=change,
+        record=record,
+        trigger_version=trigger.current_version if trigger else None,
+    )
+    evaluator = Evaluator(
+        mapping_variables(record, change), config.lookups, config.missing_reasons
+    )
+    command = None
+    try:
+        if version.ready_condition and not _is_ready(evaluator, version):
+            run.state = SyncRun.State.WAITING
+            rows.append(
+                _row(Step.WAIT, f"Brief {version} is waiting: its ready condition is false.", record, change)
+            )
+        else:
+            payload = transform(evaluator, version)
+            rows.append(_row(Step.TRANSFORM, f"Mapped by {version}.", record, change, after=payload))
+            validate(evaluator, version, payload)
+            rows.append(_row(Step.VALIDATE, "Schema and acceptance checks passed.", record, change))
+            route = config.route_for(
+                record.business_unit or record.connector.business_unit,
+                record.region or record.connector.region,
+                record.object_type,
+            )
+            if route is None:
+                raise RunFailed(
+                    "mapping_missing",
+                    f"No routing-table row matches business unit "
+                    f"{record.business_unit or '(none)'!r}, region {record.region or '(none)'!r} "
+                    f"and object type {record.object_type!r}. Add a route in admin, then retry.",
+                    {"table": "routing"},
+                )
+            rows.append(
+                _row(Step.ROUTE, f"Routed to {route.destination.slug} ({route.mode}).", record, change)
+            )
+            run.payload = payload
+            command = enqueue_command(run, version, record, payload, route, rows)
+    except RunFailed as exc:
+        run.state = SyncRun.State.FAILED
+        run.reason_code, run.error, run.error_detail = exc.reason_code, exc.message, exc.detail
+    run.save()
+    for row in rows:
+        row.run = run
+        row.command = row.command or command
+    LedgerEntry.objects.bulk_create(rows)
+    if run.state == SyncRun.State.FAILED:
+        _report_run_failure(run, version, record, change)
+    elif run.state in (SyncRun.State.QUEUED, SyncRun.State.UNCHANGED):
+        report_resolution(record.record_key, version.brief_id, run)
+    return command
+
+
+def _row(step, message, record, change, *, ok=True, after=None, reason_code="") -> LedgerEntry:
+    return ledger.build(
+        step,
+        message,
+        ok=ok,
+        record_key=record.record_key,
+        event_id=change.event_id,
+        payload_after=after,
+        reason_code=reason_code,
+    )
+
+
+def _is_ready(evaluator, version) -> bool:
+    try:
+        return evaluator.evaluate(version.ready_condition, name="ready condition") is True
+    except ExpressionError as exc:
+        raise RunFailed("schema_invalid", exc.message, {"expression": exc.expression}) from None
+
+
+def transform(evaluator, version) -> dict:
+    payload = {}
+    for name, expression in version.mapping.items():
+        try:
+            payload[name] = evaluator.evaluate(expression, name=name)
+        except LookupMissing as exc:
+            raise RunFailed(
+                exc.reason_code,
+                f"{exc.message} The field {name!r} of {version} needs it. "
+                f"Add the row to the lookup table {exc.table!r}, then retry.",
+                {"table": exc.table, "key": exc.key, "field": name},
+            ) from None
+        except ExpressionError as exc:
+            raise RunFailed(
+                "schema_invalid", exc.message, {"field": name, "expression": exc.expression}
+            ) from None
+    evaluator.set_variable("command", payload)
+    if isinstance(payload.get("lines"), list) and payload.get("currency"):
+        _compute_totals(payload)
+        evaluator.set_variable("command", payload)
+    return payload
+
+
+def _compute_totals(payload: dict) -> None:
+    """Set each line's total and the order total, rounding once per line."""
+    currency = payload["currency"]
+    total = None
+    try:
+        for index, line in enumerate(payload["lines"]):
+            if not isinstance(line, dict):
+                raise money.MoneyError(f"line {index + 1} is not an object")
+            amount = money.line_total(
+                line.get("quantity"),
+                line.get("unit_price"),
+                currency,
+                line.get("discount_percent"),
+                line.get("discount_amount"),
+            )
+            line["line_total"] = str(amount)
+            total = amount if total is None else total + amount
+    except money.MoneyError as exc:
+        raise RunFailed(
+            "schema_invalid",
+            f"An order line has an invalid amount: {exc} Correct the CRM line or the mapping.",
+            {"field": "lines"},
+        ) from None
+    payload["total"] = str(money.quantize(total, currency)) if total is not None else "0"
+
+
+def validate(evaluator, version, payload) -> None:
+    errors = sorted(validator_for(version.command_schema).iter_errors(payload), key=str)
+    if errors:
+        messages = [_schema_message(error) for error in errors[:10]]
+        raise RunFailed(
+            "schema_invalid",
+            "The command does not match the brief's schema: " + "; ".join(messages),
+            {"errors": messages},
+        )
+    for check in version.acceptance or []:
+        name = check.get("name", "acceptance check")
+        try:
+            passed = evaluator.evaluate(check["expression"], name=name) is True
+        except ExpressionError as exc:
+            raise RunFailed("acceptance_failed", exc.message, {"check": name}) from None
+        if passed:
+            continue
+        detail = {"check": name}
+        for side in ("expected", "actual"):
+            if check.get(side):
+                try:
+                    detail[side] = evaluator.evaluate(check[side], name=f"{name} ({side})")
+                except ExpressionError:
+                    detail[side] = None
+        message = check.get("message") or f"The acceptance check {name!r} failed."
+        if "expected" in detail:
+            message += f" Expected {detail['expected']}, got {detail.get('actual')}."
+        raise RunFailed("acceptance_failed", message, detail)
+
+
+def _schema_message(error) -> str:
+    location = "/".join(str(part) for part in error.absolute_path) or "the command"
+    return f"{location}: {error.message}"
+
+
+def _report_run_failure(run, version, record, change) -> None:
+    title = REASONS.get(run.reason_code, (run.reason_code,))[0]
+    ledger.write(
+        Step.FAIL,
+        f"{title}: {run.error}",
+        ok=False,
+        reason_code=run.reason_code,
+        record_key=record.record_key,
+        event_id=change.event_id,
+        run=run,
+    )
+    report_failure(
+        Failure(
+            reason_code=run.reason_code,
+            message=run.error,
+            record_key=record.record_key,
+            detail={**run.error_detail, "payload": run.payload},
+            run=run,
+            event=change.event,
+            brief=version.brief,
+            business_unit=record.business_unit or record.connector.business_unit,
+        )
+    )
+
+
+def rerun(run_id: int, *, use_active_version: bool = False):
+    """Run a failed run's brief again on the same change, inside a transaction.
+
+    ``use_active_version`` replays with the brief's current active version
+    and the record's latest change instead of the run's own.
+    """
+    config = load_config()
+    with transaction.atomic():
+        run = SyncRun.objects.select_related("brief_version__brief", "change").get(pk=run_id)
+        record = SourceRecord.objects.select_for_update().select_related("connector").get(
+            pk=run.record_id
+        )
+        version, change = run.brief_version, run.change
+        if use_active_version:
+            version = version.brief.active_version
+            if version is None:
+                raise RunFailed("schema_invalid", f"Brief {run.brief_version.brief} has no active version.")
+            change = record.changes.exclude(status=RecordChange.Status.STALE).order_by("-id").first()
+        SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.FAILED).update(
+            state=SyncRun.State.SUPERSEDED
+        )
+        return run_brief(version, change, record, config)
