@@ -177,5 +177,5 @@ class ExceptionCaseFilter(django_filters.FilterSet):
 
 
 def _hours(value) -> timedelta:
-    # NumberFilter gives a Decimal; whole seconds are precise enough for an age.
+    # NumberFilter returns a Decimal, and whole seconds are precise enough here.
     return timedelta(seconds=int(value * 3600))

@@ -19,6 +19,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 import cel
+from cel.stdlib import add_stdlib_to_context
 
 from meshline import money
 
@@ -35,6 +36,9 @@ _BUILTIN_FUNCTIONS = {
     "startsWith", "endsWith", "matches", "type", "dyn", "lowerAscii",
     "upperAscii", "trim", "split", "join", "replace", "first", "last",
     "getDate", "getMonth", "getFullYear", "getDayOfMonth", "getDayOfWeek",
+    # The package's "strings" and "lists" extension libraries.
+    "charAt", "indexOf", "lastIndexOf", "substring", "reverse", "distinct",
+    "flatten", "slice", "sort", "lists.range", "strings.quote",
 }  # fmt: skip
 
 CUSTOM_FUNCTIONS = {
@@ -169,6 +173,9 @@ class Evaluator:
         self.context = cel.Context()
         for name, value in variables.items():
             self.context.add_variable(name, value)
+        # Only the string and list extensions: the "math" and "core" ones
+        # compute in binary floats, which must never touch an amount.
+        add_stdlib_to_context(self.context, ["strings", "lists"])
         for name, function in _DECIMAL_FUNCTIONS.items():
             self.context.add_function(name, function)
         self.context.add_function("lookup", self._lookup)

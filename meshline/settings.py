@@ -177,6 +177,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Inbound CRM deliveries, ERP commands, exception cases and traces.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "CommandStateEnum": "syncflows.models.commands.Command.State",
+        "InboundEventStatusEnum": "syncflows.models.events.InboundEvent.Status",
+    },
 }
 
 LOG_FORMAT = env_str("LOG_FORMAT", "text")

@@ -6,6 +6,7 @@ from syncflows.views.inbound import inbound
 
 urlpatterns = [
     path("api/v1/inbound/<slug:slug>/", inbound, name="inbound"),
+    path("api/v1/", include("meshline.api_urls")),
     path("health/", health, name="health"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -41,8 +41,8 @@ def reason_code_filter() -> django_filters.ChoiceFilter:
 def time_range_filter(field_name: str, label: str):
     """Build a range filter read from ``<field>_after`` and ``<field>_before``.
 
-    Both bounds are inclusive ISO 8601 date-times; a value without an offset
-    is read in the current time zone."""
+    Both bounds are inclusive ISO 8601 date-times. A value without a UTC
+    offset is read in the current time zone."""
     return django_filters.IsoDateTimeFromToRangeFilter(
         field_name=field_name, label=label
     )

@@ -205,12 +205,8 @@ def test_delivery_ordering(api, deliveries):
 def test_event_filters(api, deliveries):
     old_delivery = deliveries["old"]
     processed = make_event(old_delivery, status="processed")
-    company = make_event(
-        deliveries["duplicate"], record_id="42", object_type="company"
-    )
-    created = make_event(
-        deliveries["file"], record_id="77", event_type="deal.creation"
-    )
+    company = make_event(deliveries["duplicate"], record_id="42", object_type="company")
+    created = make_event(deliveries["file"], record_id="77", event_type="deal.creation")
     since = (deliveries["now"] - timedelta(days=1)).isoformat()
     url = "/api/v1/events/"
     assert ids(api.get(url, {"connector": "hubspot-eu"})) == [processed.pk, company.pk]
@@ -306,11 +302,13 @@ def cases(db, viewer):
     command = make_command(
         deal, destination, version, "key-1", erp_document_number="SO-9"
     )
+
     finance = make_lane("finance", FINANCE)
     pricing = make_lane("pricing", PRICING_OPS)
     other_user = make_user("olga", FINANCE)
     now = timezone.now()
     hour = timedelta(hours=1)
+
     return {
         # Opened 30 hours ago, due an hour ago: breached.
         "breached": make_case(
@@ -521,9 +519,7 @@ def test_trace_detail_case_only(api, cases):
     response = api.get("/api/v1/trace/hubspot:deal:900000003/")
     assert response.status_code == 200
     assert response.json()["record"] is None
-    assert [case["id"] for case in response.json()["cases"]] == [
-        cases["on_track"].pk
-    ]
+    assert [case["id"] for case in response.json()["cases"]] == [cases["on_track"].pk]
 
 
 def test_trace_detail_unknown_404(api, db):
@@ -559,7 +555,8 @@ def test_schema_is_valid_openapi(api):
 def test_schema_lists_filters(api):
     schema = api.get("/api/v1/schema/", {"format": "json"}).json()
     params = {
-        param["name"] for param in schema["paths"]["/api/v1/cases/"]["get"]["parameters"]
+        param["name"]
+        for param in schema["paths"]["/api/v1/cases/"]["get"]["parameters"]
     }
     expected = {"lane", "owner", "state", "sla", "age_min", "age_max", "q", "ordering"}
     assert expected <= params

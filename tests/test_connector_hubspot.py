@@ -436,5 +436,18 @@ def test_occurred_at_string_rejected():
     assert "occurredAt" in caught.value.message
 
 
+def test_missing_subscription_id_still_parsed():
+    body = (
+        b'[{"eventId":100000010,"occurredAt":1718000001000,'
+        b'"subscriptionType":"deal.propertyChange","objectId":900000001,'
+        b'"propertyName":"dealstage","propertyValue":"contractsent"}]'
+    )
+
+    event = parse_body(body)[0]
+
+    assert event.dedupe_key == ":100000010:1718000001000"
+    assert event.fields == {"dealstage": "contractsent"}
+
+
 def test_empty_batch_gives_no_events():
     assert parse_body(b"[]") == []

@@ -95,11 +95,13 @@ def world(db):
     salesforce = make_connector("salesforce-us", "salesforce_cdc")
     destination = make_destination()
     version = make_brief_version()
+
     deal = make_record(hubspot, "deal", "900000001")
     opportunity = make_record(salesforce, "Opportunity", "006xx0000000001AAA")
     RecordAlias.objects.create(
         record=deal, connector=hubspot, object_type="deal", alias_id="900000777"
     )
+
     failed = make_command(
         deal,
         destination,
@@ -122,12 +124,14 @@ def world(db):
         finished_at=timezone.now(),
     )
     make_command(opportunity, destination, version, "key-opp-1")
+
     lane = make_lane()
     owner = User.objects.create_user("fiona")
     user_case = make_case(lane, HUBSPOT_KEY, owner_user=owner, command=failed)
     group_case = make_case(
         lane, HUBSPOT_KEY, owner_group=lane.owner_group, state="resolved"
     )
+
     steps = [
         ("receive", True, {}),
         ("normalise", True, {"payload_after": {"amount": "1200.00"}}),
@@ -142,7 +146,10 @@ def world(db):
         )
         for step, ok, refs in steps
     ]
-    LedgerEntry.objects.create(step="receive", record_key=SALESFORCE_KEY, message="x")
+    LedgerEntry.objects.create(
+        step="receive", record_key=SALESFORCE_KEY, message="step receive"
+    )
+
     return {
         "deal": deal,
         "commands": [failed, succeeded],

@@ -9,6 +9,7 @@ script's hash and the trytond version. Each test session copies that file
 import fcntl
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def _build(database: Path, password: Path, key: str) -> None:
     build_name = f"build-{key}"
     build_file = CACHE_DIR / f"{build_name}.sqlite"
     prepare_database(
-        f"sqlite:///{build_file.relative_to(TRYTON_DIR.parents[1])}",
+        f"sqlite:///{build_file}",
         CACHE_DIR / f"{build_name}.conf",
         force=True,
         password_file=password,
@@ -133,6 +134,13 @@ class TrytonServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def freeze(self) -> None:
+        """Pause the process (SIGSTOP): connections are accepted but never answered."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()

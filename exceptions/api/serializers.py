@@ -49,9 +49,7 @@ class ExceptionCaseSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(
-        serializers.ChoiceField(choices=SLA_CHOICES, allow_null=True)
-    )
+    @extend_schema_field(serializers.ChoiceField(choices=SLA_CHOICES, allow_null=True))
     def get_sla_state(self, case) -> str | None:
         """Return the SLA state of an open case, or None for a closed one."""
         if not case.is_open:

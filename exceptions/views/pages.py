@@ -94,14 +94,16 @@ def allowed_actions(user, case) -> dict[str, bool]:
     if not case.is_open:
         return {}
     triage = roles.can(user, "triage_case")
-    return {
-        "retry": roles.can(user, "retry_command") and case.command_id is not None,
-        "replay": roles.can(user, "replay_event"),
+    has_work = case.command_id is not None or case.run_id is not None
+    allowed = {
+        "retry": roles.can(user, "retry_command") and has_work,
+        "replay": roles.can(user, "replay_event") and has_work,
         "acknowledge": triage and case.state != ExceptionCase.State.ACKNOWLEDGED,
         "assign_to_me": triage and case.owner_user_id != user.pk,
         "resolve": triage,
         "dismiss": triage,
     }
+    return {action: True for action, ok in allowed.items() if ok}
 
 
 def detail_rows(detail, prefix: str = "") -> list[tuple[str, str]]:

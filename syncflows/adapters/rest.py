@@ -174,6 +174,21 @@ def status_text(status: int) -> str:
         return str(status)
 
 
+def default_status_class(status: int) -> tuple[str, bool, str]:
+    """Return the reason code, transient flag and message verb for a status."""
+    if status == 429:
+        return "rate_limited", True, "rate-limited"
+    if status == 408 or status >= 500:
+        return "erp_unavailable", True, "returned {status} for"
+    if status in (401, 403):
+        return "auth_failed", False, "rejected the credentials ({status}) for"
+    if status == 409:
+        return "idempotency_conflict", False, "returned {status} for"
+    if status in (400, 422):
+        return "erp_rejected", False, "rejected ({status})"
+    return "erp_rejected", False, "returned {status} for"
+
+
 class RestAdapter(Adapter):
     def __init__(self, destination):
         super().__init__(destination)
@@ -197,23 +212,25 @@ class RestAdapter(Adapter):
 
     def preflight(self, command: CommandData) -> dict:
         self._command_spec(command.command_type)
-        totals = self._local_totals(command.payload)
+        totals = local_totals(command.payload)
         spec = self.commands.get("preflight")
         if spec is None:
             return totals
-        path, response = self._send("preflight", spec, self._command_context(command))
+        context = command_context(command)
+        path, response = self._send("preflight", spec, context)
         document = self._checked_json("preflight", spec, path, response)
-        return {**totals, **self._data(spec, document)}
+        return {**totals, **response_data(spec, document)}
 
     def execute(self, command: CommandData) -> ExecutionResult:
         spec = self._command_spec(command.command_type)
         headers = {}
         if self.idempotency_header:
             headers[self.idempotency_header] = command.idempotency_key
-        context = self._command_context(command)
+        context = command_context(command)
         path, response = self._send(command.command_type, spec, context, headers)
         if response.status_code == 409:
             return self._resolve_conflict(command, spec, context, path, response)
+
         document = self._checked_json(command.command_type, spec, path, response)
         result = self._result(command.command_type, spec, document, path)
         logger.info(
@@ -231,22 +248,18 @@ class RestAdapter(Adapter):
         spec = self._operation_spec("compensate", "reverse documents")
         reference = result.get("reference")
         if not reference:
-            raise AdapterError(
-                "schema_invalid", "The result to compensate has no reference."
-            )
-        context = {
-            "reference": reference,
-            "number": result.get("document_number"),
-            "result": result,
-        }
+            message = "The result to compensate has no reference."
+            raise AdapterError("schema_invalid", message)
+        number = result.get("document_number", "")
+        context = {"reference": reference, "number": number, "result": result}
         path, response = self._send("compensate", spec, context)
-        document = self._checked_json("compensate", spec, path, response) or {}
+        document = self._checked_json("compensate", spec, path, response)
         logger.info("Destination %s: compensated document %s.", self.slug, reference)
         return {
             "reference": str(reference),
-            "document_number": result.get("document_number", ""),
+            "document_number": number,
             "status": response.status_code,
-            **self._data(spec, document),
+            **response_data(spec, document),
         }
 
     def fetch_invoice(self, reference: str) -> InvoiceInfo | None:
@@ -260,17 +273,18 @@ class RestAdapter(Adapter):
     def classify(self, exc: Exception) -> AdapterError:
         if isinstance(exc, AdapterError):
             return exc
+        where = f"the ERP at destination {self.slug}"
         if isinstance(exc, requests.Timeout):
-            message = f"The ERP at destination {self.slug} timed out after {self.timeout:g} s: {exc}"
-            return AdapterError(
-                "erp_unavailable", self._redact(message), transient=True
+            message = f"{where} timed out after {self.timeout:g} s: {exc}"
+        elif isinstance(exc, requests.ConnectionError):
+            message = (
+                f"Could not reach {where}, or it closed the connection "
+                f"before answering: {exc}"
             )
-        if isinstance(exc, requests.ConnectionError):
-            message = f"Could not reach the ERP at destination {self.slug}, or it closed the connection before answering: {exc}"
-            return AdapterError(
-                "erp_unavailable", self._redact(message), transient=True
-            )
-        return super().classify(exc)
+        else:
+            return super().classify(exc)
+        message = self._redact(message[0].upper() + message[1:])
+        return AdapterError("erp_unavailable", message, transient=True)
 
     def close(self) -> None:
         self.session.close()
@@ -278,85 +292,80 @@ class RestAdapter(Adapter):
     # Requests
 
     def _send(self, operation: str, spec: CommandSpec, context: dict, headers=None):
+        """Send a configured request; repeat it once if refreshed credentials differ."""
         try:
             path = render_path(spec.path, context)
             body = None if spec.body is None else render_body(spec.body, context)
         except TemplateError as exc:
-            message = f"Destination {self.slug}: the template of settings.commands.{spec.name} failed because {exc}."
+            message = (
+                f"Destination {self.slug}: the template of "
+                f"settings.commands.{spec.name} failed because {exc}."
+            )
             raise AdapterError("schema_invalid", message) from None
-        response = self._request(spec.method, self.base_url + path, path, body, headers)
+
+        url = self.base_url + path
+        response = self._request(spec.method, url, path, body, headers)
         if response.status_code in (401, 403) and self.auth.refresh():
             logger.info(
-                "Destination %s: %s %s returned %s; refreshed the credentials, retrying once.",
+                "Destination %s: %s %s returned %s; refreshed the credentials "
+                "and repeating the request once.",
                 self.slug, spec.method, path, response.status_code,
             )  # fmt: skip
-            response = self._request(
-                spec.method, self.base_url + path, path, body, headers
-            )
+            response = self._request(spec.method, url, path, body, headers)
         return path, response
 
-    def _request(
-        self,
-        method,
-        url,
-        path,
-        body=None,
-        headers=None,
-        *,
-        form=None,
-        basic=None,
-        auth=True,
-    ):
+    def _request(self, method, url, path, body=None, headers=None, **options):
+        """Send a request; ``options`` are ``form``, ``basic`` and ``auth``."""
         request_headers = {"Accept": "application/json", **(headers or {})}
-        if auth:
+        if options.get("auth", True):
             self.auth.apply(request_headers)
-        data = form
+        data = options.get("form")
         if body is not None:
             data = json.dumps(body, default=_json_default)
             request_headers["Content-Type"] = "application/json"
         try:
             response = self.session.request(
-                method, url, data=data, headers=request_headers, auth=basic,
-                timeout=self.timeout, allow_redirects=False,
+                method, url, data=data, headers=request_headers,
+                auth=options.get("basic"), timeout=self.timeout,
+                allow_redirects=False,
             )  # fmt: skip
         except requests.RequestException as exc:
             error = self.classify(exc)
             logger.warning(
                 "Destination %s: %s %s failed: %s",
-                self.slug,
-                method,
-                path,
-                error.message,
-            )
+                self.slug, method, path, error.message,
+            )  # fmt: skip
             raise error from None
         logger.debug(
             "Destination %s: %s %s returned %s.",
-            self.slug,
-            method,
-            path,
-            response.status_code,
-        )
+            self.slug, method, path, response.status_code,
+        )  # fmt: skip
         return response
 
     def _fetch_token(self, url: str, form: dict, basic) -> dict:
         path = urlsplit(url).path
         response = self._request("POST", url, path, form=form, basic=basic, auth=False)
         if response.status_code in (400, 401, 403):
-            message = f"The token endpoint of destination {self.slug} rejected the client credentials ({status_text(response.status_code)})."
             error = self._response_error("token", "POST", path, response)
-            raise AdapterError(
-                "auth_failed", self._redact(message), detail=error.detail
+            message = (
+                f"The token endpoint of destination {self.slug} rejected the "
+                f"client credentials ({status_text(response.status_code)})."
             )
-        document = self._checked_json(
-            "token", CommandSpec("token", "POST", path), path, response
-        )
+            raise AdapterError("auth_failed", message, detail=error.detail)
+
+        spec = CommandSpec("token", "POST", path)
+        document = self._checked_json("token", spec, path, response)
         if not isinstance(document, dict) or not document.get("access_token"):
-            message = f"The token endpoint of destination {self.slug} returned no access_token."
+            message = (
+                f"The token endpoint of destination {self.slug} "
+                "returned no access_token."
+            )
             raise AdapterError("auth_failed", message)
         logger.info("Destination %s: fetched an OAuth2 access token.", self.slug)
         return document
 
     def _checked_json(self, operation: str, spec: CommandSpec, path: str, response):
+        """Return the parsed JSON of a 2xx answer, or raise its AdapterError."""
         if not 200 <= response.status_code < 300:
             raise self._response_error(operation, spec.method, path, response)
         if not response.content:
@@ -364,10 +373,16 @@ class RestAdapter(Adapter):
         try:
             return json.loads(response.content, parse_float=Decimal)
         except ValueError:
-            message = f"The ERP at destination {self.slug} returned {status_text(response.status_code)} for {spec.method} {path} with a body that is not JSON."
+            # Transient because a 2xx may mean the ERP wrote the document: the
+            # retry starts with find_existing, which returns it.
+            message = (
+                f"The ERP at destination {self.slug} returned "
+                f"{status_text(response.status_code)} for {spec.method} {path} "
+                "with a body that is not JSON."
+            )
             detail = {
                 "status": response.status_code,
-                "body": self._redact(summarise_body(response.text)),
+                "body": summarise_body(self._redact(response.text)),
             }
             raise AdapterError(
                 "erp_unavailable", message, transient=True, detail=detail
@@ -388,142 +403,76 @@ class RestAdapter(Adapter):
         }
         if errors:
             detail["field_errors"] = errors
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        reason, transient, message = self._classify_status(
-            operation, status, text, response
-        )
+
+        reason, transient, message = self._classify_status(operation, response, text)
         words = body_message(body, errors)
-        if words and reason in (
-            "erp_rejected",
-            "master_data_missing",
-            "mapping_missing",
-        ):
+        if words and not transient and reason != "auth_failed":
             message = f"{message}: {words}"
-        error = AdapterError(
+        logger.warning(
+            "Destination %s: %s %s returned %s, classified as %s (%s).",
+            self.slug, method, path, status, reason,
+            "transient" if transient else "permanent",
+        )  # fmt: skip
+        return AdapterError(
             reason,
             self._redact(message),
             transient=transient,
-            retry_after=retry_after,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
             detail=detail,
         )
-        logger.warning(
-            "Destination %s: %s %s returned %s, classified as %s (%s).",
-            self.slug, method, path, status, reason, "transient" if transient else "permanent",
-        )  # fmt: skip
-        return error
 
-    def _classify_status(
-        self, operation, status, text, response
-    ) -> tuple[str, bool, str]:
-        where = f"the ERP at destination {self.slug}"
+    def _classify_status(self, operation, response, text) -> tuple[str, bool, str]:
+        status = response.status_code
         request = f"{response.request.method} {urlsplit(response.request.url).path}"
+        where = f"The ERP at destination {self.slug}"
         for rule in self.rules:
             if rule.matches(operation, status, text):
-                default = (
-                    f"{where.capitalize()} returned {status_text(status)} for {request}"
-                )
-                return rule.reason, rule.transient, rule.message or default
-        if status == 429:
-            return (
-                "rate_limited",
-                True,
-                f"{where.capitalize()} rate-limited {request} ({status_text(status)})",
-            )
-        if status == 408 or status >= 500:
-            return (
-                "erp_unavailable",
-                True,
-                f"{where.capitalize()} returned {status_text(status)} for {request}",
-            )
-        if status in (401, 403):
-            return (
-                "auth_failed",
-                False,
-                f"{where.capitalize()} rejected the credentials for {request} ({status_text(status)})",
-            )
-        if status == 409:
-            return (
-                "idempotency_conflict",
-                False,
-                f"{where.capitalize()} returned {status_text(status)} for {request}",
-            )
+                message = f"{where} returned {status_text(status)} for {request}"
+                return rule.reason, rule.transient, rule.message or message
         if 300 <= status < 400:
             location = response.headers.get("Location", "another address")
-            return (
-                "erp_rejected",
-                False,
-                f"{where.capitalize()} redirected {request} to {location}; set settings.base_url to the final address",
+            message = (
+                f"{where} redirected {request} to {location}; "
+                "set settings.base_url to the final address"
             )
-        if status in (400, 422):
-            return (
-                "erp_rejected",
-                False,
-                f"{where.capitalize()} rejected {request} ({status_text(status)})",
-            )
+            return "erp_rejected", False, message
+        reason, transient, verb = default_status_class(status)
         return (
-            "erp_rejected",
-            False,
-            f"{where.capitalize()} returned {status_text(status)} for {request}",
+            reason,
+            transient,
+            f"{where} {verb.format(status=status_text(status))} {request}",
         )
 
     # Commands and results
 
     def _command_spec(self, command_type: str) -> CommandSpec:
         if command_type in OPERATIONS or command_type not in self.commands:
-            message = f"Destination {self.slug} has no settings.commands entry for the command type {command_type!r}."
+            message = (
+                f"Destination {self.slug} has no settings.commands entry "
+                f"for the command type {command_type!r}."
+            )
             raise AdapterError("mapping_missing", message)
         return self.commands[command_type]
 
     def _operation_spec(self, operation: str, purpose: str) -> CommandSpec:
         if operation not in self.commands:
-            message = f"Destination {self.slug} has no settings.commands.{operation}, so Meshline cannot {purpose} there."
+            message = (
+                f"Destination {self.slug} has no settings.commands.{operation}, "
+                f"so Meshline cannot {purpose} there."
+            )
             raise AdapterError("mapping_missing", message)
         return self.commands[operation]
 
-    @staticmethod
-    def _command_context(command: CommandData) -> dict:
-        return {
-            "payload": command.payload,
-            "key": command.idempotency_key,
-            "command_type": command.command_type,
-            "mode": command.mode,
-            "options": command.options,
-        }
-
-    def _local_totals(self, payload: dict) -> dict:
-        lines = payload.get("lines")
-        if lines is None:
-            return {}
-        try:
-            lines_total = sum(
-                (
-                    to_decimal(line.get("line_total"), f"line total of lines[{i}]")
-                    for i, line in enumerate(lines)
-                ),
-                Decimal(0),
-            )
-            total = to_decimal(payload.get("total"), "total")
-        except (MoneyError, AttributeError, TypeError) as exc:
-            raise AdapterError(
-                "schema_invalid", f"The command's amounts are invalid: {exc}"
-            ) from None
-        return {
-            "currency": payload.get("currency"),
-            "lines_total": str(lines_total),
-            "total": str(total),
-        }
-
     def _find_document(self, key: str):
+        """Return ``(result, document)`` for the document carrying ``key``, or None."""
         spec = self.commands["find_existing"]
         path, response = self._send("find_existing", spec, {"key": key})
         if response.status_code == 404:
             return None
         document = self._checked_json("find_existing", spec, path, response)
-        items = (
-            document
-            if "items" not in spec.response
-            else lookup(document, spec.response["items"], None)
-        )
+        items = document
+        if "items" in spec.response:
+            items = lookup(document, spec.response["items"], None)
         items = [items] if isinstance(items, dict) else list(items or [])
         key_path = spec.response.get("key")
         if key_path:
@@ -531,37 +480,36 @@ class RestAdapter(Adapter):
         if not items:
             return None
         if len(items) > 1:
-            message = f"The ERP at destination {self.slug} holds {len(items)} documents with the idempotency key {key}."
-            raise AdapterError(
-                "idempotency_conflict",
-                message,
-                detail={"key": key, "count": len(items)},
+            message = (
+                f"The ERP at destination {self.slug} holds {len(items)} "
+                f"documents with the idempotency key {key}."
             )
+            detail = {"key": key, "count": len(items)}
+            raise AdapterError("idempotency_conflict", message, detail=detail)
         return self._result("find_existing", spec, items[0], path), items[0]
 
-    def _resolve_conflict(
-        self, command, spec, context, path, response
-    ) -> ExecutionResult:
+    def _resolve_conflict(self, command, spec, context, path, response):
+        """Return the document behind a 409 if it has the same key and values."""
         key = command.idempotency_key
         found = self._find_document(key)
         if found is None:
             error = self._response_error(
                 command.command_type, spec.method, path, response
             )
-            error.message = (
-                f"{error.message}, and no document carries the idempotency key {key}."
-            )
+            error.message = f"{error.message}. No document carries the key {key}."
             error.args = (error.message,)
             raise error
+
         result, document = found
-        differences = self._differences(spec.match, document, context)
+        differences = match_differences(spec.match, document, context)
         if differences:
-            message = f"The ERP at destination {self.slug} already holds document {result.document_number} with the key {key}, but it differs from the command in {', '.join(sorted(differences))}."
-            raise AdapterError(
-                "idempotency_conflict",
-                message,
-                detail={"differences": differences, "reference": result.reference},
+            message = (
+                f"The ERP at destination {self.slug} already holds document "
+                f"{result.document_number} with the key {key}, but it differs "
+                f"from the command in {', '.join(sorted(differences))}."
             )
+            detail = {"differences": differences, "reference": result.reference}
+            raise AdapterError("idempotency_conflict", message, detail=detail)
         logger.info(
             "Destination %s: key %s was already used by document %s; returning it.",
             self.slug, key, result.reference,
@@ -569,38 +517,22 @@ class RestAdapter(Adapter):
         result.data["found_existing"] = True
         return result
 
-    @staticmethod
-    def _differences(match: dict, document: dict, context: dict) -> dict:
-        differences = {}
-        for document_path, context_path in match.items():
-            actual = plain(lookup(document, document_path, None))
-            expected = plain(lookup(context, context_path, None))
-            if not _same_value(actual, expected):
-                differences[document_path] = {"erp": actual, "command": expected}
-        return differences
-
     def _result(self, operation, spec, document, path) -> ExecutionResult:
         reference = self._required(operation, spec, document, "reference", path)
         number = self._required(operation, spec, document, "number", path)
-        return ExecutionResult(str(reference), str(number), self._data(spec, document))
+        data = response_data(spec, document)
+        return ExecutionResult(str(reference), str(number), data)
 
     def _required(self, operation, spec, document, name, path):
         value = lookup(document, spec.response[name], None)
         if value is None:
-            message = f"The ERP's answer to {spec.method} {path} has no {name} at {spec.response[name]!r}; check settings.commands.{operation}.response.{name}."
+            message = (
+                f"The ERP's answer to {spec.method} {path} has no {name} at "
+                f"{spec.response[name]!r}; check "
+                f"settings.commands.{operation}.response.{name}."
+            )
             raise AdapterError("erp_rejected", message)
         return plain(value)
-
-    @staticmethod
-    def _data(spec: CommandSpec, document) -> dict:
-        data = {}
-        for name, dotted in spec.response.get("data", {}).items():
-            value = (
-                lookup(document, dotted, MISSING) if document is not None else MISSING
-            )
-            if value is not MISSING:
-                data[name] = plain(value)
-        return data
 
     def _invoice(self, spec: CommandSpec, document, path) -> InvoiceInfo:
         def value(name):
@@ -609,9 +541,12 @@ class RestAdapter(Adapter):
         state = str(value("state"))
         state = spec.state_map.get(state, state)
         if state not in INVOICE_STATES:
-            message = f"Destination {self.slug}: the invoice state {state!r} has no mapping; add it to settings.commands.fetch_invoice.state_map."
+            message = (
+                f"Destination {self.slug}: the invoice state {state!r} has no "
+                "mapping; add it to settings.commands.fetch_invoice.state_map."
+            )
             raise AdapterError("mapping_missing", message)
-        credited = lookup(document, spec.response["credited_total"], None)
+        credited = plain(lookup(document, spec.response["credited_total"], None))
         paid_on = lookup(document, spec.response["paid_on"], None)
         return InvoiceInfo(
             reference=str(value("reference")),
@@ -620,24 +555,72 @@ class RestAdapter(Adapter):
             currency=str(value("currency")),
             total=self._amount(value("total"), "total", path),
             paid_on=None if paid_on is None else str(paid_on),
-            credited_total=self._amount(
-                "0" if credited is None else plain(credited), "credited total", path
-            ),
+            credited_total=self._amount(credited or "0", "credited total", path),
         )
 
     def _amount(self, value, what: str, path: str) -> str:
         try:
             return str(to_decimal(value, what))
         except MoneyError as exc:
-            raise AdapterError(
-                "erp_rejected", f"The ERP's answer to GET {path} is invalid: {exc}"
-            ) from None
+            message = f"The ERP's answer to GET {path} is invalid: {exc}"
+            raise AdapterError("erp_rejected", message) from None
 
     def _redact(self, text: str) -> str:
         for secret in self.auth.secrets():
             if len(secret) >= 4:
                 text = text.replace(secret, "[secret]")
         return text
+
+
+def command_context(command: CommandData) -> dict:
+    return {
+        "payload": command.payload,
+        "key": command.idempotency_key,
+        "command_type": command.command_type,
+        "mode": command.mode,
+        "options": command.options,
+    }
+
+
+def local_totals(payload: dict) -> dict:
+    """Sum the line totals and read the total as Decimal, without any request."""
+    lines = payload.get("lines")
+    if lines is None:
+        return {}
+    try:
+        line_totals = [
+            to_decimal(line.get("line_total"), f"line total of lines[{index}]")
+            for index, line in enumerate(lines)
+        ]
+        total = to_decimal(payload.get("total"), "total")
+    except (MoneyError, AttributeError, TypeError) as exc:
+        message = f"The command's amounts are invalid: {exc}"
+        raise AdapterError("schema_invalid", message) from None
+    return {
+        "currency": payload.get("currency"),
+        "lines_total": str(sum(line_totals, Decimal(0))),
+        "total": str(total),
+    }
+
+
+def response_data(spec: CommandSpec, document) -> dict:
+    """Return the values named by ``response.data`` that the document contains."""
+    data = {}
+    for name, dotted in spec.response.get("data", {}).items():
+        value = MISSING if document is None else lookup(document, dotted, MISSING)
+        if value is not MISSING:
+            data[name] = plain(value)
+    return data
+
+
+def match_differences(match: dict, document: dict, context: dict) -> dict:
+    differences = {}
+    for document_path, context_path in match.items():
+        actual = plain(lookup(document, document_path, None))
+        expected = plain(lookup(context, context_path, None))
+        if not _same_value(actual, expected):
+            differences[document_path] = {"erp": actual, "command": expected}
+    return differences
 
 
 def _same_value(actual, expected) -> bool:

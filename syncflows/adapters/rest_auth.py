@@ -19,7 +19,7 @@ AUTH_TYPES = "bearer, basic, oauth2_client_credentials or none"
 
 
 class SecretSource:
-    """A secret read from an environment variable, a file or the destination's credentials."""
+    """A secret in an environment variable, a file or the destination's credentials."""
 
     def __init__(self, slug: str, label: str, *, env=None, path=None, credentials=None):
         self.slug, self.label = slug, label
@@ -27,16 +27,18 @@ class SecretSource:
 
     def read(self) -> str:
         if self.env:
-            value, where = (
-                os.environ.get(self.env, ""),
-                f"environment variable {self.env}",
-            )
+            value = os.environ.get(self.env, "")
+            where = f"environment variable {self.env}"
         elif self.path:
             value, where = self._read_file(), f"file {self.path}"
         else:
-            value, where = (self.credentials or {}).get(self.label, ""), "credentials"
+            value = (self.credentials or {}).get(self.label, "")
+            where = "credentials"
         if not (isinstance(value, str) and value.strip()):
-            message = f"Destination {self.slug}: the {self.label} in its {where} is missing or empty."
+            message = (
+                f"Destination {self.slug}: the {self.label} in its {where} "
+                "is missing or empty."
+            )
             raise AdapterError("auth_failed", message)
         return value.strip()
 
@@ -45,7 +47,10 @@ class SecretSource:
             with open(self.path, encoding="utf-8") as handle:
                 return handle.read()
         except OSError as exc:
-            message = f"Destination {self.slug}: cannot read the {self.label} file {self.path}: {exc.strerror}."
+            message = (
+                f"Destination {self.slug}: cannot read the {self.label} file "
+                f"{self.path}: {exc.strerror}."
+            )
             raise AdapterError("auth_failed", message) from None
 
 
@@ -59,7 +64,8 @@ def secret_source(slug: str, auth: dict, label: str, credentials) -> SecretSourc
         raise config_error(
             slug,
             "auth",
-            f"needs {label}_env, {label}_file or a {label!r} entry in the destination's credentials",
+            f"needs {label}_env, {label}_file or a {label!r} entry "
+            "in the destination's credentials",
         )
     return SecretSource(slug, label, env=env, path=path, credentials=credentials)
 

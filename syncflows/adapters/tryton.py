@@ -18,6 +18,7 @@ How a ``sales_order.create`` command maps onto Tryton:
   makes Tryton create the invoice. With ``post_invoices`` it is posted too.
 """
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ class TrytonAdapter(Adapter):
         super().__init__(destination)
         self._rpc: TrytonRPC | None = None
         self._currencies: dict[str, Currency] = {}
-        self._company: dict | None = None
+        self._unit_price_digits: int | None = None
 
     # Connection
 
@@ -289,6 +290,7 @@ class TrytonAdapter(Adapter):
                 "invoice_ids": [invoice["id"] for invoice in invoices],
                 "invoice_numbers": [invoice["number"] for invoice in invoices],
                 "invoice_states": [invoice["state"] for invoice in invoices],
+                "shipment_ids": sorted(sale["shipments"]),
                 "untaxed_amount": currency.format(sale["untaxed_amount"]),
                 "tax_amount": currency.format(sale["tax_amount"]),
                 "total_amount": currency.format(sale["total_amount"]),
@@ -521,11 +523,14 @@ class TrytonAdapter(Adapter):
             )
 
     def _price_digits(self) -> int:
-        if not hasattr(self, "_unit_price_digits"):
+        """Return the decimals of sale.line.unit_price ([product] price_decimal)."""
+        if self._unit_price_digits is None:
             fields = self.rpc.model("sale.line", "fields_get", ["unit_price"])
-            self._unit_price_digits = int(
-                (fields["unit_price"].get("digits") or [0, 4])[1]
-            )
+            digits = fields["unit_price"].get("digits")
+            # fields_get sends digits as a JSON (PYSON) string such as "[null, 4]".
+            if isinstance(digits, str):
+                digits = json.loads(digits)
+            self._unit_price_digits = int(digits[1])
         return self._unit_price_digits
 
     def _line_defaults(self, plan: SalePlan, product_id: int, quantity: Decimal):
@@ -726,38 +731,27 @@ class TrytonAdapter(Adapter):
 
     def _ignore_exceptions(self, sale_id: int) -> None:
         """Tell Tryton to ignore the cancelled invoices and shipments of a sale."""
-        context = {
-            "active_model": "sale.sale",
-            "active_id": sale_id,
-            "active_ids": [sale_id],
-        }
-        (sale,) = self._read(
-            "sale.sale", [sale_id], ["invoice_state", "shipment_state"]
-        )
+        context = {"active_model": "sale.sale", "active_id": sale_id, "active_ids": [sale_id]}
+        (sale,) = self._read("sale.sale", [sale_id], ["invoice_state", "shipment_state"])
         if sale["invoice_state"] == "exception":
-            self._run_ignore_wizard(
-                "sale.handle.invoice.exception", "recreate_invoices", context
-            )
+            self._run_ignore_wizard("sale.handle.invoice.exception", "invoices", context)
         if sale["shipment_state"] == "exception":
-            self._run_ignore_wizard(
-                "sale.handle.shipment.exception", "recreate_moves", context
-            )
+            self._run_ignore_wizard("sale.handle.shipment.exception", "moves", context)
 
-    def _run_ignore_wizard(self, name: str, recreate_field: str, context: dict) -> None:
+    def _run_ignore_wizard(self, name: str, records: str, context: dict) -> None:
+        """Run a handle-exception wizard of sale, ignoring every cancelled record."""
         wizard = f"wizard.{name}"
         session_id, _, _ = self.rpc.call(f"{wizard}.create", context=context)
         try:
-            ask = self.rpc.call(
-                f"{wizard}.execute", session_id, {}, "ask", context=context
-            )
-            form = dict(ask.get("view", {}).get("defaults", {}))
-            form[recreate_field] = []
+            ask = self.rpc.call(f"{wizard}.execute", session_id, {}, "ask", context=context)
+            cancelled = ask.get("view", {}).get("defaults", {}).get(f"domain_{records}", [])
+            form = {
+                f"domain_{records}": cancelled,
+                f"recreate_{records}": [],
+                f"ignore_{records}": cancelled,
+            }
             self.rpc.call(
-                f"{wizard}.execute",
-                session_id,
-                {"ask": form},
-                "handle",
-                context=context,
+                f"{wizard}.execute", session_id, {"ask": form}, "handle", context=context
             )
         finally:
             self.rpc.call(f"{wizard}.delete", session_id, context=context)

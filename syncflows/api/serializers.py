@@ -177,7 +177,8 @@ class TraceSerializer(serializers.Serializer):
 
 class TraceSearchSerializer(serializers.Serializer):
     record_keys = serializers.ListField(
-        child=serializers.CharField(), help_text="Every matching record key, at most 50."
+        child=serializers.CharField(),
+        help_text="Every matching record key, at most 50.",
     )
     traces = TraceSerializer(
         many=True, help_text="Traces of the first 5 record keys, in the same order."

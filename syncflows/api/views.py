@@ -17,16 +17,17 @@ from syncflows.filters import CommandFilter, DeliveryFilter, InboundEventFilter
 from syncflows.models import Command, Delivery, InboundEvent
 from syncflows.services.trace import build_trace, find_record_keys
 
-# The search endpoint returns full traces for this many record keys; the rest
-# are listed by key only.
+# The search endpoint returns full traces for this many record keys, and lists
+# the rest by key only.
 MAX_TRACES = 5
 
 
 class CanView(permissions.BasePermission):
     """Allow users whose role may view Meshline data."""
 
-    message = "Viewing Meshline data needs one of these roles: %s." % ", ".join(
-        sorted(POLICY["view"])
+    message = (
+        "Viewing Meshline data needs one of these roles: "
+        f"{', '.join(sorted(POLICY['view']))}."
     )
 
     def has_permission(self, request, view):
@@ -43,8 +44,10 @@ class InvalidQuery(APIException):
 
 
 class DetailSerializerMixin:
-    """Use ``detail_serializer_class`` for a single object and the lighter
-    ``serializer_class`` for lists; the list queryset defers ``list_deferred``."""
+    """Serializer and queryset choice that keeps large JSON columns out of lists.
+
+    A single object uses ``detail_serializer_class``. A list uses the lighter
+    ``serializer_class`` and defers the ``list_deferred`` columns."""
 
     detail_serializer_class = None
     list_deferred = ()

@@ -159,7 +159,10 @@ def parse_event(item, position: int) -> ParsedEvent:
             "HubSpot app or ask for support.",
         )
     event_id = require_field(event, "eventId", position, SOURCE)
-    subscription_id = require_field(event, "subscriptionId", position, SOURCE)
+    # HubSpot documents subscriptionId on every event. It is optional here so
+    # that trimmed bodies in file imports still parse, and eventId with
+    # occurredAt still tell their changes apart.
+    subscription_id = event.get("subscriptionId", "")
     occurred_at = _read_occurred_at(event, position)
 
     parsed = ParsedEvent(

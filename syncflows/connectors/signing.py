@@ -113,7 +113,7 @@ def _split_signature_header(connector, name: str, value: str):
         key, _, item = part.strip().partition("=")
         if key == "t":
             timestamp = item
-        elif key == "v1":
+        elif key == "v1" and item.strip():
             signatures.append(item.strip().lower().encode("utf-8", "replace"))
     if timestamp is None or not timestamp.isdigit() or not signatures:
         raise DeliveryRejected(

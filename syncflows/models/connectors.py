@@ -17,6 +17,14 @@ class Connector(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=32, choices=Kind.choices)
     is_active = models.BooleanField(default=True)
+    namespace = models.SlugField(
+        blank=True,
+        help_text=(
+            "The CRM instance this connector reads; empty means the slug. Connectors "
+            "that read one CRM org (for example CDC and Outbound Messages) share a "
+            "namespace, so a deal seen through both is one record and one order."
+        ),
+    )
     # Signing secrets, newest first. During a rotation two are valid at once.
     secrets = EncryptedJSONField(
         blank=True,
@@ -46,6 +54,10 @@ class Connector(models.Model):
 
     def __str__(self):
         return self.slug
+
+    @property
+    def record_namespace(self) -> str:
+        return self.namespace or self.slug
 
     @property
     def secret_list(self) -> list[str]:

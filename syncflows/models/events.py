@@ -97,4 +97,4 @@ class InboundEvent(models.Model):
 
     @property
     def record_key(self) -> str:
-        return f"{self.connector.kind}:{self.object_type}:{self.record_id}"
+        return f"{self.connector.record_namespace}:{self.object_type}:{self.record_id}"

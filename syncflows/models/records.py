@@ -23,7 +23,7 @@ class SourceRecord(models.Model):
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
-    # A reference to a parent that has not arrived yet, as "object_type:record_id".
+    # The record key of the parent, kept while the parent has not arrived yet.
     parent_ref = models.CharField(max_length=300, blank=True, db_index=True)
     is_deleted = models.BooleanField(default=False)
     merged_into = models.ForeignKey(
@@ -38,11 +38,6 @@ class SourceRecord(models.Model):
 
     class Meta:
         ordering = ["record_key"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["connector", "object_type", "record_id"], name="source_record_unique"
-            )
-        ]
 
     def __str__(self):
         return self.record_key
@@ -52,16 +47,11 @@ class RecordAlias(models.Model):
     """Another CRM id that now means the same record, for example after a merge."""
 
     record = models.ForeignKey(SourceRecord, on_delete=models.CASCADE, related_name="aliases")
-    connector = models.ForeignKey("syncflows.Connector", on_delete=models.CASCADE)
-    object_type = models.CharField(max_length=64)
+    alias_key = models.CharField(max_length=300, unique=True)
     alias_id = models.CharField(max_length=200)
 
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["connector", "object_type", "alias_id"], name="record_alias_unique"
-            )
-        ]
+    def __str__(self):
+        return f"{self.alias_key} → {self.record.record_key}"
 
 
 class RecordChange(models.Model):

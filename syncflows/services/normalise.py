@@ -15,7 +15,7 @@ Step = ledger.LedgerEntry.Step
 
 
 def record_key(connector, object_type: str, record_id: str) -> str:
-    return f"{connector.slug}:{object_type}:{record_id}"
+    return f"{connector.record_namespace}:{object_type}:{record_id}"
 
 
 def _version(event) -> list:
@@ -27,22 +27,17 @@ def _version(event) -> list:
 def resolve_record(connector, object_type: str, record_id: str, *, lock: bool = True):
     """Return the SourceRecord for a CRM id, following merge aliases; create it
     when it is new. The row is locked for the rest of the transaction."""
-    alias = (
-        RecordAlias.objects.filter(
-            connector=connector, object_type=object_type, alias_id=record_id
-        )
-        .values_list("record_id", flat=True)
-        .first()
-    )
+    key = record_key(connector, object_type, record_id)
+    alias = RecordAlias.objects.filter(alias_key=key).values_list("record_id", flat=True).first()
     queryset = SourceRecord.objects.select_for_update() if lock else SourceRecord.objects
     if alias is not None:
         return queryset.get(pk=alias)
     record, _ = queryset.get_or_create(
-        connector=connector,
-        object_type=object_type,
-        record_id=record_id,
+        record_key=key,
         defaults={
-            "record_key": record_key(connector, object_type, record_id),
+            "connector": connector,
+            "object_type": object_type,
+            "record_id": record_id,
             "business_unit": connector.business_unit,
             "region": connector.region,
         },
@@ -136,33 +131,25 @@ _ABSENT = object()
 def _link_parent(record, parsed) -> None:
     if not parsed.parent_type or not parsed.parent_id:
         return
-    record.parent_ref = f"{parsed.parent_type}:{parsed.parent_id}"
-    record.parent = SourceRecord.objects.filter(
-        connector=record.connector, object_type=parsed.parent_type, record_id=parsed.parent_id
-    ).first()
+    namespace = record.record_key.split(":", 1)[0]
+    record.parent_ref = f"{namespace}:{parsed.parent_type}:{parsed.parent_id}"
+    record.parent = SourceRecord.objects.filter(record_key=record.parent_ref).first()
 
 
 def _adopt_children(record) -> None:
     """Link child records that arrived before this parent existed."""
-    SourceRecord.objects.filter(
-        connector=record.connector,
-        parent_ref=f"{record.object_type}:{record.record_id}",
-        parent__isnull=True,
-    ).update(parent=record)
+    SourceRecord.objects.filter(parent_ref=record.record_key, parent__isnull=True).update(
+        parent=record
+    )
 
 
 def _record_merge(survivor, parsed) -> None:
     for merged_id in parsed.merged_ids:
         if merged_id == survivor.record_id:
             continue
+        namespace = survivor.record_key.split(":", 1)[0]
+        alias_key = f"{namespace}:{survivor.object_type}:{merged_id}"
         RecordAlias.objects.get_or_create(
-            connector=survivor.connector,
-            object_type=survivor.object_type,
-            alias_id=merged_id,
-            defaults={"record": survivor},
+            alias_key=alias_key, defaults={"record": survivor, "alias_id": merged_id}
         )
-        SourceRecord.objects.filter(
-            connector=survivor.connector,
-            object_type=survivor.object_type,
-            record_id=merged_id,
-        ).update(merged_into=survivor)
+        SourceRecord.objects.filter(record_key=alias_key).update(merged_into=survivor)

@@ -25,9 +25,7 @@ def matching_records(query: str) -> QuerySet:
     query = query.strip()
     alias_records = RecordAlias.objects.filter(alias_id=query).values("record_id")
     command_records = Command.objects.filter(
-        Q(erp_document_number=query)
-        | Q(erp_reference=query)
-        | Q(idempotency_key=query)
+        Q(erp_document_number=query) | Q(erp_reference=query) | Q(idempotency_key=query)
     ).values("record_id")
     return SourceRecord.objects.filter(
         Q(record_id=query)

@@ -193,23 +193,30 @@ class FakeErp:
             CLIENT_SECRET_ENV: self.client_secret,
         }
 
-    def destination_settings(self, auth: str = "bearer", **overrides) -> dict:
-        """Return REST adapter settings for this server; auth is bearer, basic or oauth2."""
-        auth_settings = {
-            "bearer": {"type": "bearer", "token_env": TOKEN_ENV},
-            "basic": {
-                "type": "basic",
-                "username": self.basic_user,
-                "password_env": PASSWORD_ENV,
-            },
-            "oauth2": {
-                "type": "oauth2_client_credentials",
-                "token_url": f"{self.base_url}/oauth/token",
-                "client_id": self.client_id,
-                "client_secret_env": CLIENT_SECRET_ENV,
-                "scope": "orders",
-            },
-        }[auth]
+    def destination_settings(self, auth="bearer", **overrides) -> dict:
+        """Return adapter settings for this server.
+
+        ``auth`` is "bearer", "basic", "oauth2" or a whole ``auth`` setting.
+        """
+        auth_settings = (
+            auth
+            if isinstance(auth, dict)
+            else {
+                "bearer": {"type": "bearer", "token_env": TOKEN_ENV},
+                "basic": {
+                    "type": "basic",
+                    "username": self.basic_user,
+                    "password_env": PASSWORD_ENV,
+                },
+                "oauth2": {
+                    "type": "oauth2_client_credentials",
+                    "token_url": f"{self.base_url}/oauth/token",
+                    "client_id": self.client_id,
+                    "client_secret_env": CLIENT_SECRET_ENV,
+                    "scope": "orders",
+                },
+            }[auth]
+        )
         settings = {
             "base_url": self.base_url,
             "timeout": 5,
@@ -592,19 +599,23 @@ def _unauthorized(error: str, message: str) -> Reply:
 
 
 def _adapter_commands() -> dict:
+    order_body = {
+        name: f"{{{{ payload.{name} }}}}"
+        for name in (
+            "crm_reference",
+            "customer",
+            "currency",
+            "close_date",
+            "lines",
+            "total",
+        )
+    }
     order_response = {"reference": "id", "number": "number", "data": {"state": "state"}}
     return {
         "sales_order.create": {
             "method": "POST",
             "path": "/api/orders",
-            "body": {
-                "crm_reference": "{{ payload.crm_reference }}",
-                "customer": "{{ payload.customer }}",
-                "currency": "{{ payload.currency }}",
-                "close_date": "{{ payload.close_date }}",
-                "lines": "{{ payload.lines }}",
-                "total": "{{ payload.total }}",
-            },
+            "body": order_body,
             "response": order_response,
             "match": {
                 "total": "payload.total",
@@ -614,7 +625,7 @@ def _adapter_commands() -> dict:
         "preflight": {
             "method": "POST",
             "path": "/api/orders/validate",
-            "body": "{{ payload }}",
+            "body": order_body,
             "response": {"data": {"lines_total": "lines_total", "total": "total"}},
         },
         "find_existing": {
