@@ -148,8 +148,10 @@ SALESFORCE_READY = (
 PIPEDRIVE_MAPPING = {
     "crm_reference": "event.record_key",
     "customer": (
-        '{"reference": "pipedrive:organization:" + string(record.org_id),'
-        ' "name": has(record.org_name) ? record.org_name : null}'
+        '{"reference": has(record.org_id) && record.org_id != null'
+        ' ? "pipedrive:organization:" + string(record.org_id) : "pipedrive:deal:" + event.record_id,'
+        ' "name": has(record.org_name) ? record.org_name'
+        ' : (has(record.title) ? record.title : "Pipedrive deal " + event.record_id)}'
     ),
     "currency": "record.currency",
     "close_date": (
@@ -157,7 +159,7 @@ PIPEDRIVE_MAPPING = {
         " : (has(record.won_time) && record.won_time != null ? record.won_time.substring(0, 10) : null)"
     ),
     "crm_amount": "string(record.value)",
-    "lines": _deal_line("string(record.value)", "record.title"),
+    "lines": _deal_line("string(record.value)", "has(record.title) ? record.title : null"),
 }
 
 GENERIC_MAPPING = {
@@ -250,7 +252,7 @@ BRIEFS = [
      ["salesforce-cdc-opportunity-won", "salesforce-outbound-opportunity-won"],
      SALESFORCE_MAPPING, SALESFORCE_READY, ["CPQ", "discounts"], False),
     ("pipedrive-won-deals", "Pipedrive won deals to sales orders", ["pipedrive-deal-won"],
-     PIPEDRIVE_MAPPING, "", ["subscription-change"], False),
+     PIPEDRIVE_MAPPING, "", ["subscription-change"], True),
 ]  # fmt: skip
 
 SKUS = ["FAKE-SKU-100", "FAKE-SKU-200", "FAKE-SKU-SHIP", "FAKE-SKU-BOLT", "FAKE-SKU-DEAL", "P1"]

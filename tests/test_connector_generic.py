@@ -323,6 +323,78 @@ def test_fields_are_nfc_normalised():
     assert event.fields["name"] == "Yll\u00e4"
 
 
+CPQ_SETTINGS = {
+    "object_type": "SBQQ__Quote__c",
+    "record_id_path": "record.Id",
+    "full_state": True,
+    "parents": {
+        "SBQQ__Quote__c": {
+            "type": "Opportunity",
+            "id_path": "record.SBQQ__Opportunity2__c",
+            "required": False,
+        }
+    },
+}
+
+
+def parse_fixture(name, settings):
+    request = make_request(fixture_bytes(name), verified=True)
+    return kind.parse(make_connector(settings), request)
+
+
+def test_cpq_discounted_quote_parsed():
+    events = parse_fixture(
+        "salesforce_cpq_quote_discounted_lines_SYNTHETIC.json", CPQ_SETTINGS
+    )
+
+    assert len(events) == 1
+    event = events[0]
+    assert event.object_type == "SBQQ__Quote__c"
+    assert event.record_id == "a0pxx0000000002AAA"
+    assert (event.parent_type, event.parent_id) == ("Opportunity", "006xx0000000001AAA")
+    assert event.full_state is True
+    assert event.dedupe_key.startswith("sha256:")
+    assert event.fields["netTotal"] == "1234.56"
+    assert event.fields["record"]["SBQQ__ListAmount__c"] == "1346.64"
+    lines = event.fields["lineItems"]
+    assert [line["record"]["SBQQ__NetTotal__c"] for line in lines] == [
+        "899.91",
+        "331.65",
+        "3.00",
+    ]
+    assert lines[0]["record"]["SBQQ__CustomerPrice__c"] == "89.991"
+    assert lines[1]["record"]["SBQQ__Discount__c"] is None
+
+
+def test_cpq_quote_without_opportunity_has_no_parent():
+    events = parse_fixture(
+        "salesforce_cpq_quotemodel_calculate_example.json", CPQ_SETTINGS
+    )
+
+    assert events[0].record_id == "a0pxx0000000001AAA"
+    assert events[0].parent_type == ""
+    assert events[0].parent_id == ""
+    assert events[0].fields["netNonSegmentTotal"] == "100.0000"
+
+
+def test_cpq_required_parent_missing_rejected():
+    settings = {
+        **CPQ_SETTINGS,
+        "parents": {
+            "SBQQ__Quote__c": {
+                "type": "Opportunity",
+                "id_path": "record.SBQQ__Opportunity2__c",
+            }
+        },
+    }
+
+    with pytest.raises(ParseError) as caught:
+        parse_fixture("salesforce_cpq_quotemodel_calculate_example.json", settings)
+
+    assert caught.value.code == "missing_field"
+    assert "'record.SBQQ__Opportunity2__c'" in caught.value.message
+
+
 # Settings and bodies that cannot be read
 
 
@@ -413,7 +485,7 @@ def test_bad_occurred_at_rejected():
 
 
 @pytest.mark.parametrize(
-    "settings",
+    "connector_settings",
     [
         {"record_id_path": "id"},
         {"object_type": "deal"},
@@ -423,9 +495,9 @@ def test_bad_occurred_at_rejected():
         {"object_type": "deal", "record_id_paths": {"line_item": "id"}},
     ],
 )
-def test_invalid_settings_rejected(settings):
+def test_invalid_settings_rejected(connector_settings):
     with pytest.raises(ParseError) as caught:
-        parse_json({"id": 1}, settings)
+        parse_json({"id": 1}, connector_settings)
 
     assert caught.value.code == "invalid_settings"
 

@@ -222,7 +222,10 @@ def test_signature_uses_request_url_without_public_url():
 def test_signature_public_url_overrides_proxy_url():
     body = fixture_bytes("hubspot_signature_v3_testvector_body.txt")
     request = signed_request(
-        body, 1718000001000, VECTOR_SIGNATURE, url="http://10.0.0.5:8000/webhooks/hubspot"
+        body,
+        1718000001000,
+        VECTOR_SIGNATURE,
+        url="http://10.0.0.5:8000/webhooks/hubspot",
     )
 
     kind.verify(make_connector(), request)
@@ -232,7 +235,10 @@ def test_signature_proxy_url_without_public_url_rejected():
     body = fixture_bytes("hubspot_signature_v3_testvector_body.txt")
     connector = Connector(slug="hubspot", kind="hubspot", secrets=[SECRET], settings={})
     request = signed_request(
-        body, 1718000001000, VECTOR_SIGNATURE, url="http://10.0.0.5:8000/webhooks/hubspot"
+        body,
+        1718000001000,
+        VECTOR_SIGNATURE,
+        url="http://10.0.0.5:8000/webhooks/hubspot",
     )
 
     with pytest.raises(DeliveryRejected) as caught:

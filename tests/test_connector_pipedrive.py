@@ -131,7 +131,9 @@ def test_v1_updated_deal_parsed():
     assert event.change_type == "update"
     assert event.event_type == "updated.deal"
     assert event.crm_event_id == ""
-    assert event.dedupe_key == "example.pipedrive.com:deal:9:updated:2025-02-17 21:22:41"
+    assert (
+        event.dedupe_key == "example.pipedrive.com:deal:9:updated:2025-02-17 21:22:41"
+    )
     assert event.occurred_at == datetime(2025, 2, 17, 21, 22, 41, 322662, tzinfo=UTC)
     assert event.sequence == 1739827361322662
     assert event.full_state is True
@@ -271,7 +273,9 @@ def test_v2_change_deal_parsed():
     assert event.change_type == "update"
     assert event.event_type == "change.deal"
     assert event.crm_event_id == "0b1f2c3d-0000-4000-8000-000000000001"
-    assert event.dedupe_key == "example.pipedrive.com:deal:9:change:2025-02-17T21:22:41Z"
+    assert (
+        event.dedupe_key == "example.pipedrive.com:deal:9:change:2025-02-17T21:22:41Z"
+    )
     assert event.occurred_at == datetime(2025, 2, 17, 21, 22, 41, 754000, tzinfo=UTC)
     assert event.sequence == 1739827361754000
     assert event.full_state is True
@@ -343,7 +347,9 @@ def test_v2_custom_field_extra_keys_and_null():
     assert fields["custom_fields.cleared"] is None
 
 
-@pytest.mark.parametrize(("action", "expected"), [("create", "create"), ("delete", "delete")])
+@pytest.mark.parametrize(
+    ("action", "expected"), [("create", "create"), ("delete", "delete")]
+)
 def test_v2_action_mapping(action, expected):
     body = v2_fixture()
     body["meta"]["action"] = action

@@ -28,7 +28,10 @@ outbound = get_kind("salesforce_outbound")
 
 def cdc_connector(secrets=(RELAY_SECRET,), **settings):
     return Connector(
-        slug="salesforce", kind="salesforce_cdc", secrets=list(secrets), settings=settings
+        slug="salesforce",
+        kind="salesforce_cdc",
+        secrets=list(secrets),
+        settings=settings,
     )
 
 
@@ -121,7 +124,9 @@ def test_cdc_signature_any_v1_value_valid():
     body = fixture_bytes("salesforce_cdc_opportunity_update_stage.json")
     good = stripe_signature(RELAY_SECRET, NOW, body)
     header = f"t={NOW},v1={'0' * 64},v1={good}"
-    request = make_request(body, {"X-Meshline-Signature": header}, received_at=at_unix(NOW))
+    request = make_request(
+        body, {"X-Meshline-Signature": header}, received_at=at_unix(NOW)
+    )
 
     cdc.verify(cdc_connector(), request)
 
@@ -170,7 +175,9 @@ def test_cdc_create_fixture_parsed():
     assert event.change_type == "create"
     assert event.full_state is True
     assert event.crm_event_id == "2142249"
-    assert event.dedupe_key == "00009c89-6ec4-1e25-33e2-a4ba094089e5:1:006xx0000000001AAA"
+    assert (
+        event.dedupe_key == "00009c89-6ec4-1e25-33e2-a4ba094089e5:1:006xx0000000001AAA"
+    )
     assert event.event_type == "Opportunity.CREATE"
     assert event.occurred_at == datetime(2024, 9, 3, 6, 59, 38, tzinfo=UTC)
     assert event.sequence == 1725346778429841409
@@ -225,7 +232,9 @@ def test_cdc_streaming_update_fields():
         "ForecastCategory": "Closed",
         "ForecastCategoryName": "Closed",
     }
-    assert event.dedupe_key == "0000a62a-5497-10e0-dbe3-e99b71589a49:1:006xx0000000001AAA"
+    assert (
+        event.dedupe_key == "0000a62a-5497-10e0-dbe3-e99b71589a49:1:006xx0000000001AAA"
+    )
     assert event.crm_event_id == "2142496"
     assert event.occurred_at == datetime(2024, 9, 3, 9, 56, 5, tzinfo=UTC)
     assert event.sequence == 1725357365187780609
@@ -255,7 +264,9 @@ def test_cdc_pubsub_null_means_unchanged():
     assert "AccountId" not in event.fields
     assert event.fields["NextStep"] is None
     assert event.crm_event_id == "18098167"
-    assert event.dedupe_key == "000046c7-a642-11e2-c29b-229c6786473e:1:006xx0000000001AAA"
+    assert (
+        event.dedupe_key == "000046c7-a642-11e2-c29b-229c6786473e:1:006xx0000000001AAA"
+    )
     assert event.sequence == 11657372702432
     assert event.occurred_at == datetime(2023, 10, 4, 18, 35, 13, tzinfo=UTC)
 

@@ -467,7 +467,7 @@ def test_secret_never_in_logs_or_errors(erp_env, monkeypatch, caplog):
 
     secrets = [erp.bearer_token, erp.basic_password, erp.client_secret]
     secrets += list(erp.issued_tokens)
-    assert len(erp.issued_tokens) == 2
+    assert len(erp.issued_tokens) == 3
     assert caplog.records
     for secret in secrets:
         assert secret not in caplog.text

@@ -10,10 +10,9 @@ from syncflows.adapters import AdapterError, CommandData, get_adapter
 from syncflows.adapters.tryton_rpc import TrytonRPC, tryton_error
 from syncflows.models import Destination
 
-# NOTE: remove this import once tests.tryton_plugin is listed in the root
-# conftest's pytest_plugins; both define the same session fixture.
-from tests.tryton_plugin import tryton_server  # noqa: F401
-
+# Loads the session fixture ``tryton_server``. pytest registers a plugin module
+# once, so listing it in the root conftest as well is harmless.
+pytest_plugins = ["tests.tryton_plugin"]
 pytestmark = pytest.mark.tryton
 
 
@@ -239,18 +238,28 @@ def test_missing_customer_created_when_allowed(adapter, rpc):
     assert preflight["customer_would_be_created"] is True
     assert preflight["untaxed_amount"] == "99.99"
     parties = rpc.model(
-        "party.party", "search_read", [["code", "=", reference]], 0, None, None, ["name"]
+        "party.party",
+        "search_read",
+        [["code", "=", reference]],
+        0,
+        None,
+        None,
+        ["name"],
     )
     assert [party["name"] for party in parties] == ["Yllä Esimerkki Oy"]
     assert result.data["untaxed_amount"] == "99.99"
 
 
 def test_preflight_writes_nothing(adapter, rpc):
-    counts_before = [count(rpc, model) for model in ("sale.sale", "sale.line", "party.party")]
+    counts_before = [
+        count(rpc, model) for model in ("sale.sale", "sale.line", "party.party")
+    ]
 
     totals = adapter.preflight(command(two_line_order()))
 
-    counts_after = [count(rpc, model) for model in ("sale.sale", "sale.line", "party.party")]
+    counts_after = [
+        count(rpc, model) for model in ("sale.sale", "sale.line", "party.party")
+    ]
     assert counts_after == counts_before
     assert totals["untaxed_amount"] == "914.91"
     assert totals["tax_amount"] == "219.58"
@@ -276,14 +285,18 @@ def test_compensate_cancels_and_is_idempotent(adapter, rpc):
 
     assert first["status"] == "compensated"
     assert second["status"] == "already_compensated"
-    invoices = rpc.model("account.invoice", "read", result.data["invoice_ids"], ["state"])
+    invoices = rpc.model(
+        "account.invoice", "read", result.data["invoice_ids"], ["state"]
+    )
     assert [invoice["state"] for invoice in invoices] == ["cancelled"]
     (sale,) = rpc.model(
         "sale.sale", "read", [result.data["sale_id"]], ["invoice_state", "state"]
     )
     assert sale["invoice_state"] == "none"
     assert sale["state"] == "done"
-    shipments = rpc.model("stock.shipment.out", "read", result.data["shipment_ids"], ["state"])
+    shipments = rpc.model(
+        "stock.shipment.out", "read", result.data["shipment_ids"], ["state"]
+    )
     assert [shipment["state"] for shipment in shipments] == ["cancelled"]
     info = adapter.fetch_invoice(result.reference)
     assert info.state == "cancelled"
@@ -316,7 +329,14 @@ def test_compensate_posted_invoice_credits(adapter, rpc, tryton_server):
     assert info.state == "cancelled"
     assert info.total == "914.91"
     assert info.credited_total == "914.91"
-    assert count(rpc, "account.invoice", [["type", "=", "out"], ["untaxed_amount", "=", Decimal("-914.91")]]) >= 1
+    assert (
+        count(
+            rpc,
+            "account.invoice",
+            [["type", "=", "out"], ["untaxed_amount", "=", Decimal("-914.91")]],
+        )
+        >= 1
+    )
 
 
 def test_fetch_invoice_returns_total(adapter):
@@ -334,7 +354,11 @@ def test_fetch_invoice_returns_total(adapter):
 
 def test_user_error_is_short_and_permanent(rpc):
     with pytest.raises(AdapterError) as caught:
-        rpc.model("party.party", "create", [{"name": "Duplicate", "code": "pipedrive:organization:201"}])
+        rpc.model(
+            "party.party",
+            "create",
+            [{"name": "Duplicate", "code": "pipedrive:organization:201"}],
+        )
 
     assert caught.value.reason_code == "erp_rejected"
     assert caught.value.transient is False
@@ -383,7 +407,10 @@ def test_unknown_method_is_permanent(rpc):
 
 def test_expired_session_renewed_once(tryton_server):
     client = TrytonRPC(
-        tryton_server.url, tryton_server.database, tryton_server.login, tryton_server.password
+        tryton_server.url,
+        tryton_server.database,
+        tryton_server.login,
+        tryton_server.password,
     )
     client.authenticate()
     client._authorization = "Session " + "YWRtaW46MTpleHBpcmVk"  # admin:1:expired
@@ -395,7 +422,10 @@ def test_expired_session_renewed_once(tryton_server):
 
 def test_second_unauthorized_is_auth_failed(tryton_server, monkeypatch):
     client = TrytonRPC(
-        tryton_server.url, tryton_server.database, tryton_server.login, tryton_server.password
+        tryton_server.url,
+        tryton_server.database,
+        tryton_server.login,
+        tryton_server.password,
     )
     client.authenticate()
     context = client.context
@@ -418,9 +448,17 @@ def test_second_unauthorized_is_auth_failed(tryton_server, monkeypatch):
     ("error", "reason", "transient"),
     [
         (["UserWarning", ["sale_big", "The sale is big.", ""]], "erp_rejected", False),
-        (["ConcurrencyException", "Records were modified in the meanwhile"], "erp_unavailable", True),
+        (
+            ["ConcurrencyException", "Records were modified in the meanwhile"],
+            "erp_unavailable",
+            True,
+        ),
         (["database is locked", "Traceback …"], "erp_unavailable", True),
-        (["'NoneType' object has no attribute 'id'", "Traceback …"], "erp_rejected", False),
+        (
+            ["'NoneType' object has no attribute 'id'", "Traceback …"],
+            "erp_rejected",
+            False,
+        ),
     ],
 )
 def test_error_classification(error, reason, transient):
@@ -434,7 +472,9 @@ def test_error_classification(error, reason, transient):
 def test_user_error_drops_domain():
     domain = [[["code", "=", "x" * 100]]] * 300
 
-    error = tryton_error("model.sale.sale.create", ["UserError", ["Bad value.", "", domain]])
+    error = tryton_error(
+        "model.sale.sale.create", ["UserError", ["Bad value.", "", domain]]
+    )
 
     assert error.message == "Bad value."
     assert error.reason_code == "erp_rejected"
@@ -463,7 +503,7 @@ def test_server_killed_is_transient(tryton_server):
         except AdapterError as exc:
             outcome["error"] = exc
 
-    # The frozen server accepts the connection but never answers, so the call
+    # The frozen server accepts the connection but never responds, so the call
     # is in flight when the process dies. A call that starts after the kill
     # fails the same way, with a refused connection.
     tryton_server.freeze()

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 @pytest.fixture(scope="session")
 def tryton_server(tmp_path_factory):
-    """Yield a started TrytonServer with ``url``, ``database``, ``login``, ``password``."""
+    """Yield a started TrytonServer (``url``, ``database``, ``login``, ``password``)."""
     started = time.monotonic()
     server = TrytonServer(tmp_path_factory.mktemp("tryton"))
     prepared = time.monotonic()

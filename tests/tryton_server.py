@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR = TRYTON_DIR / "cache"
 DATABASE_NAME = "meshline"
-START_TIMEOUT = 60  # seconds; trytond answers about 2 s after start on 2 cores
+START_TIMEOUT = 60  # seconds; trytond responded about 1 s after start on 2 cores
 
 
 def _cache_key() -> str:
@@ -72,7 +72,9 @@ def _build(database: Path, password: Path, key: str) -> None:
         log=logger.info,
     )
     build_file.rename(database)
-    logger.info("Built the cached Tryton database in %.1f s", time.monotonic() - started)
+    logger.info(
+        "Built the cached Tryton database in %.1f s", time.monotonic() - started
+    )
 
 
 def free_port() -> int:
@@ -136,7 +138,7 @@ class TrytonServer:
             self.process = None
 
     def freeze(self) -> None:
-        """Pause the process (SIGSTOP): connections are accepted but never answered."""
+        """Pause the process (SIGSTOP): connections are accepted but get no response."""
         self.process.send_signal(signal.SIGSTOP)
 
     def thaw(self) -> None:

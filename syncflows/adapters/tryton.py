@@ -341,7 +341,8 @@ class TrytonAdapter(Adapter):
         if command.command_type != "sales_order.create":
             raise AdapterError(
                 "schema_invalid",
-                f"The tryton adapter does not handle {command.command_type!r} commands.",
+                f"The tryton adapter does not handle {command.command_type!r} "
+                "commands.",
             )
         payload = command.payload
         lines = payload.get("lines") or []
@@ -419,6 +420,11 @@ class TrytonAdapter(Adapter):
             found = self._search_read("party.party", [["code", "=", reference]], ["id"])
             if not found:
                 raise
+            logger.info(
+                "Tryton party %s for %s was created meanwhile",
+                found[0]["id"],
+                reference,
+            )
             return found[0]["id"]
         logger.info("Created Tryton party %s for customer %s", party_id, reference)
         return party_id
@@ -458,8 +464,8 @@ class TrytonAdapter(Adapter):
             "payment_term": None,
         }
         changes = self.rpc.model("sale.sale", "on_change", values, ["party"])
-        wanted = ("invoice_address", "shipment_address", "payment_term")
-        return {name: changes[name] for name in wanted if changes.get(name)}
+        copied = ("invoice_address", "shipment_address", "payment_term")
+        return {name: changes[name] for name in copied if changes.get(name)}
 
     def _sale_lines(self, plan, line: dict, number: int, products, defaults) -> list:
         sku = line["sku"]
@@ -684,7 +690,7 @@ class TrytonAdapter(Adapter):
         )
 
     def _credit(self, invoice: dict) -> int:
-        """Credit a posted invoice with Tryton's credit wizard, refunding it if allowed."""
+        """Credit a posted invoice with Tryton's wizard, refunding it when allowed."""
         context = {
             "active_model": "account.invoice",
             "active_id": invoice["id"],
@@ -731,10 +737,18 @@ class TrytonAdapter(Adapter):
 
     def _ignore_exceptions(self, sale_id: int) -> None:
         """Tell Tryton to ignore the cancelled invoices and shipments of a sale."""
-        context = {"active_model": "sale.sale", "active_id": sale_id, "active_ids": [sale_id]}
-        (sale,) = self._read("sale.sale", [sale_id], ["invoice_state", "shipment_state"])
+        context = {
+            "active_model": "sale.sale",
+            "active_id": sale_id,
+            "active_ids": [sale_id],
+        }
+        (sale,) = self._read(
+            "sale.sale", [sale_id], ["invoice_state", "shipment_state"]
+        )
         if sale["invoice_state"] == "exception":
-            self._run_ignore_wizard("sale.handle.invoice.exception", "invoices", context)
+            self._run_ignore_wizard(
+                "sale.handle.invoice.exception", "invoices", context
+            )
         if sale["shipment_state"] == "exception":
             self._run_ignore_wizard("sale.handle.shipment.exception", "moves", context)
 
@@ -743,15 +757,23 @@ class TrytonAdapter(Adapter):
         wizard = f"wizard.{name}"
         session_id, _, _ = self.rpc.call(f"{wizard}.create", context=context)
         try:
-            ask = self.rpc.call(f"{wizard}.execute", session_id, {}, "ask", context=context)
-            cancelled = ask.get("view", {}).get("defaults", {}).get(f"domain_{records}", [])
+            ask = self.rpc.call(
+                f"{wizard}.execute", session_id, {}, "ask", context=context
+            )
+            cancelled = (
+                ask.get("view", {}).get("defaults", {}).get(f"domain_{records}", [])
+            )
             form = {
                 f"domain_{records}": cancelled,
                 f"recreate_{records}": [],
                 f"ignore_{records}": cancelled,
             }
             self.rpc.call(
-                f"{wizard}.execute", session_id, {"ask": form}, "handle", context=context
+                f"{wizard}.execute",
+                session_id,
+                {"ask": form},
+                "handle",
+                context=context,
             )
         finally:
             self.rpc.call(f"{wizard}.delete", session_id, context=context)
@@ -801,7 +823,7 @@ def _added_ids(change) -> list[int]:
 
 
 def _credit_ids(answer) -> list[int]:
-    """Read the new credit note ids out of the credit wizard's action answer."""
+    """Read the new credit note ids out of the credit wizard's action response."""
     actions = answer.get("actions") or []
     for action in actions:
         data = action[1] if len(action) > 1 else {}

@@ -8,8 +8,8 @@ Amounts are decoded as Decimal, never as float.
 
 Every failure is raised as an AdapterError with a reason code. The request
 body has exactly the keys ``id``, ``method`` and ``params``, because trytond
-8.2 answers a body with any other key (such as ``jsonrpc``) with an HTML
-page instead of a JSON error.
+8.2 responds to a body with any other key (such as ``jsonrpc``) with an
+HTML page instead of a JSON error.
 """
 
 import base64
@@ -80,7 +80,7 @@ _DATETIME_PARTS = ("year", "month", "day", "hour", "minute", "second", "microsec
 
 
 def decode_object(value: dict):
-    """Turn a ``__class__`` object of a trytond answer into its Python value."""
+    """Turn a ``__class__`` object of a trytond response into its Python value."""
     kind = value.get("__class__")
     if kind == "Decimal":
         return Decimal(value["decimal"])
@@ -278,7 +278,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def tryton_error(method: str, error) -> AdapterError:
-    """Build the AdapterError for the ``error`` member of a JSON-RPC answer."""
+    """Build the AdapterError for the ``error`` member of a JSON-RPC response."""
     if not isinstance(error, list | tuple) or not error:
         error = [str(error)]
     kind = error[0]

@@ -35,7 +35,9 @@ an array element):
     True when the fields are the whole record. Default false.
 ``parents``
     Per object type, the parent record, for example
-    ``{"line_item": {"type": "deal", "id_path": "deal_id"}}``.
+    ``{"line_item": {"type": "deal", "id_path": "deal_id"}}``. The parent id is
+    required unless the entry has ``"required": false``, in which case an
+    event without it has no parent.
 """
 
 import dataclasses
@@ -190,11 +192,22 @@ def parse_event(
         event.sequence = None
     parent = settings.parents.get(object_type)
     if parent:
-        event.parent_type = parent["type"]
-        event.parent_id = _read_id(item, parent["id_path"], position)
+        _read_parent(event, parent, item, position)
     if settings.merged_ids_path and event.change_type == "merge":
         event.merged_ids = _read_merged_ids(item, settings.merged_ids_path, position)
     return event
+
+
+def _read_parent(event: ParsedEvent, parent: dict, item: dict, position: int) -> None:
+    path = parent["id_path"]
+    if parent.get("required", True) is False and resolve_path(item, path) in (
+        _MISSING,
+        None,
+        "",
+    ):
+        return
+    event.parent_type = parent["type"]
+    event.parent_id = _read_id(item, path, position)
 
 
 def resolve_path(value, path: str):

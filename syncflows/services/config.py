@@ -23,11 +23,13 @@ class PipelineConfig:
     missing_reasons: dict = field(default_factory=dict)  # slug → reason code
     routes: list = field(default_factory=list)
 
-    def triggers_for(self, connector_id: int, object_type: str):
+    def triggers_for(self, namespace: str, object_type: str):
+        """Yield active triggers for an object type in a connector namespace; a
+        trigger bound to a connector matches every connector of its namespace."""
         for trigger in self.triggers:
             if trigger.object_type != object_type:
                 continue
-            if trigger.connector_id not in (None, connector_id):
+            if trigger.connector is not None and trigger.connector.record_namespace != namespace:
                 continue
             yield trigger
 
@@ -49,7 +51,7 @@ class PipelineConfig:
 def load_config() -> PipelineConfig:
     config = PipelineConfig()
     config.triggers = list(
-        Trigger.objects.filter(is_active=True).select_related("current_version")
+        Trigger.objects.filter(is_active=True).select_related("current_version", "connector")
     )
     versions = BriefVersion.objects.filter(state=BriefVersion.State.ACTIVE).select_related(
         "brief"

@@ -91,7 +91,8 @@ def _match_and_run(change, record, config) -> list[int]:
         }
     )
     matched = []
-    for trigger in config.triggers_for(record.connector_id, record.object_type):
+    namespace = record.record_key.split(":", 1)[0]
+    for trigger in config.triggers_for(namespace, record.object_type):
         try:
             if evaluator.evaluate(trigger.condition, name=f"trigger {trigger.slug}") is True:
                 matched.append(trigger)

@@ -125,7 +125,10 @@ class FakeErp:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-erp", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so that stop() returns quickly
+            name="fake-erp",
+            daemon=True,
         )
         self._thread.start()
         return self

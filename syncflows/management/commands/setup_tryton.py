@@ -1,10 +1,10 @@
 """Prepare a local Tryton 8.2 database for Meshline's ``tryton`` destination.
 
-The steps are: write a trytond configuration file, create the database, run
-``trytond-admin`` to create the base and activate ``sale`` and
-``account_invoice``, then load the demo data through proteus (company in EUR,
-USD, JPY and KWD currencies, chart of accounts, fiscal years, payment term,
-tax, products and customers). trytond-admin and proteus run in
+The command writes a trytond configuration file and creates the database.
+``trytond-admin`` then creates the base and activates ``sale`` and
+``account_invoice``. Last, proteus loads the demo data: a company in EUR, the
+USD, JPY and KWD currencies, a chart of accounts, fiscal years, a payment
+term, a tax, products and customers. trytond-admin and proteus run in
 subprocesses, so Tryton's global pool and configuration never enter
 Django's process.
 
@@ -67,7 +67,7 @@ TAX_RATE = "0.24"
 
 @dataclass(frozen=True)
 class TrytonDatabase:
-    """Where the database lives, in the terms of trytond's configuration."""
+    """Location of a Tryton database, in the terms of trytond's configuration."""
 
     uri: str  # the [database] uri, without the database name
     name: str
@@ -142,27 +142,39 @@ def admin_password_file() -> Path:
 
 def is_prepared(database: TrytonDatabase) -> bool:
     """Tell whether the proteus step has finished on this database."""
-    query = "SELECT count(*) FROM product_product WHERE code = %s"
-    try:
-        if database.sqlite_file is not None:
-            if not database.sqlite_file.exists():
-                return False
-            with sqlite3.connect(database.sqlite_file) as connection:
-                row = connection.execute(
-                    query.replace("%s", "?"), (SETUP_MARKER_SKU,)
-                ).fetchone()
-        else:
-            import psycopg
+    if database.sqlite_file is not None:
+        return _sqlite_is_prepared(database.sqlite_file)
+    return _postgresql_is_prepared(database)
 
-            with psycopg.connect(_pg_dsn(database, database.name)) as connection:
-                row = connection.execute(query, (SETUP_MARKER_SKU,)).fetchone()
-    except (sqlite3.Error, ImportError) as exc:
-        logger.debug("Tryton database %s is not prepared: %s", database.name, exc)
+
+_MARKER_QUERY = "SELECT count(*) FROM product_product WHERE code = %s"
+
+
+def _sqlite_is_prepared(file: Path) -> bool:
+    if not file.exists():
         return False
-    except Exception as exc:  # psycopg errors, when the database is missing
-        logger.debug("Tryton database %s is not prepared: %s", database.name, exc)
+    try:
+        with sqlite3.connect(file) as connection:
+            query = _MARKER_QUERY.replace("%s", "?")
+            row = connection.execute(query, (SETUP_MARKER_SKU,)).fetchone()
+    except sqlite3.Error as exc:
+        logger.debug("SQLite file %s is not a prepared Tryton database: %s", file, exc)
         return False
-    return bool(row and row[0])
+    return bool(row[0])
+
+
+def _postgresql_is_prepared(database: TrytonDatabase) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(_pg_dsn(database, database.name)) as connection:
+            row = connection.execute(_MARKER_QUERY, (SETUP_MARKER_SKU,)).fetchone()
+    except psycopg.Error as exc:
+        logger.debug(
+            "Database %s is not a prepared Tryton database: %s", database.name, exc
+        )
+        return False
+    return bool(row[0])
 
 
 def _pg_dsn(database: TrytonDatabase, name: str) -> str:
@@ -316,6 +328,7 @@ def load_data(config_file: str, database_name: str) -> None:
     payment_term = _create_payment_term()
     category = _create_account_category(Decimal)
     _create_customers(Model, payment_term)
+    _set_sale_sequence_prefix(Model)
     _create_products(Model, Decimal, category)
 
 
@@ -363,7 +376,19 @@ def _create_fiscal_years(datetime):
         fiscal_year = create_fiscalyear(today=period)
         fiscal_year.name = str(year)
         fiscal_year = set_fiscalyear_invoice_sequences(fiscal_year)
+        invoice_sequence = fiscal_year.invoice_sequences[0].out_invoice_sequence
+        invoice_sequence.prefix = f"INV-{year}-"
+        invoice_sequence.padding = 5
+        invoice_sequence.save()
         fiscal_year.click("create_period")
+
+
+def _set_sale_sequence_prefix(Model):
+    Configuration = Model.get("sale.configuration")
+    sequence = Configuration(1).sale_sequence
+    sequence.prefix = "SO-"
+    sequence.padding = 5
+    sequence.save()
 
 
 def _create_payment_term():
