@@ -93,7 +93,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "home"
+LOGIN_REDIRECT_URL = "syncflows:home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-gb"
@@ -201,6 +201,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "django_q": {"level": "WARNING"},
+        # common-expression-language logs every failing custom function at
+        # WARNING; the pipeline records those failures itself, with ids.
+        "cel": {"level": "ERROR"},
     },
 }
 

@@ -10,4 +10,6 @@ urlpatterns = [
     path("health/", health, name="health"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("exceptions/", include("exceptions.urls")),
+    path("", include("syncflows.urls")),
 ]

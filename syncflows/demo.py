@@ -5,6 +5,8 @@ sandbox catalogue that turn the fixture deals into sandbox orders.
 run on every start of the demo.
 """
 
+import json
+
 from django.db import transaction
 
 from syncflows.models import (
@@ -346,3 +348,141 @@ def load_demo_configuration(destination_adapter: str = "sandbox", destination_se
             },
         )
     return connectors
+
+
+def _pipedrive_won(deal_id: int, value: str, currency: str, when) -> dict:
+    stamp = when.strftime("%Y-%m-%d %H:%M:%S")
+    return {
+        "meta": {
+            "action": "updated",
+            "object": "deal",
+            "id": deal_id,
+            "host": "example.pipedrive.com",
+            "webhook_id": "111111",
+            "timestamp_micro": int(when.timestamp() * 1_000_000),
+            "v": 1,
+        },
+        "current": {
+            "id": deal_id,
+            "title": f"FAKE-Deal {deal_id}",
+            "value": value,
+            "currency": currency,
+            "status": "won",
+            "org_id": 201,
+            "org_name": "Example Widgets Ltd (FAKE)",
+            "local_won_date": when.date().isoformat(),
+            "update_time": stamp,
+        },
+        "previous": {"id": deal_id, "status": "open"},
+        "event": "updated.deal",
+        "retry": 0,
+    }
+
+
+def _hubspot_won(deal_id: int, amount: str, currency: str, when_ms: int) -> list:
+    base = {"subscriptionId": 200001, "portalId": 1234567, "appId": 300001, "attemptNumber": 0}
+    props = [("amount", amount), ("deal_currency_code", currency), ("dealname", f"FAKE-Deal {deal_id}"), ("dealstage", "closedwon")]
+    return [
+        {
+            **base,
+            "eventId": deal_id * 10 + index,
+            "occurredAt": when_ms + index,
+            "subscriptionType": "deal.propertyChange",
+            "objectId": deal_id,
+            "propertyName": name,
+            "propertyValue": value,
+            "changeSource": "CRM_UI",
+        }
+        for index, (name, value) in enumerate(props)
+    ]
+
+
+def _cpq_quote(opportunity_id: str, product_code: str) -> dict:
+    return {
+        "record": {
+            "attributes": {"type": "SBQQ__Quote__c"},
+            "Id": f"a0pxx{opportunity_id[-8:]}",
+            "CurrencyIsoCode": "EUR",
+            "SBQQ__Primary__c": True,
+            "SBQQ__Opportunity2__c": opportunity_id,
+        },
+        "lineItems": [
+            {"key": 1, "record": {"SBQQ__ProductCode__c": "FAKE-SKU-100", "SBQQ__Quantity__c": "2", "SBQQ__RegularPrice__c": "500.00", "SBQQ__Discount__c": None}},
+            {"key": 2, "record": {"SBQQ__ProductCode__c": product_code, "SBQQ__Quantity__c": "1", "SBQQ__RegularPrice__c": "234.56", "SBQQ__Discount__c": None}},
+        ],
+    }  # fmt: skip
+
+
+def _outbound_won(opportunity_id: str) -> bytes:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+ <soapenv:Body>
+  <notifications xmlns="http://soap.sforce.com/2005/09/outbound">
+   <OrganizationId>00Dxx0000000001EAA</OrganizationId>
+   <ActionId>04kxx0000000001AAA</ActionId>
+   <Notification>
+    <Id>04lxx{opportunity_id[-10:]}</Id>
+    <sObject xsi:type="sf:Opportunity" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+     <sf:Id>{opportunity_id}</sf:Id>
+     <sf:AccountId>001xx0000000001AAA</sf:AccountId>
+     <sf:Amount>1234.56</sf:Amount>
+     <sf:CloseDate>2026-11-30</sf:CloseDate>
+     <sf:CurrencyIsoCode>EUR</sf:CurrencyIsoCode>
+     <sf:HasOpportunityLineItem>true</sf:HasOpportunityLineItem>
+     <sf:LastModifiedDate>2026-11-30T10:00:00.000Z</sf:LastModifiedDate>
+     <sf:Name>FAKE-Deal quoted {opportunity_id[-4:]}</sf:Name>
+     <sf:StageName>Closed Won</sf:StageName>
+    </sObject>
+   </Notification>
+  </notifications>
+ </soapenv:Body>
+</soapenv:Envelope>""".encode()
+
+
+def demo_deliveries(count: int = 40):
+    """Yield ``(connector_slug, body)`` pairs of synthetic deliveries in the CRMs'
+    own formats: won deals that become orders, plus a few that land in
+    exception lanes (a currency the ERP does not accept, an unmapped SKU)."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(7)
+    start = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    for index in range(count):
+        when = start + timedelta(hours=index * 7)
+        amount = f"{rng.randint(100, 9000)}.{rng.randint(0, 99):02d}"
+        if index % 2:
+            yield "pipedrive", json.dumps(_pipedrive_won(1000 + index, amount, "EUR", when)).encode()
+        else:
+            currency = "GBP" if index % 10 == 4 else rng.choice(["EUR", "EUR", "USD"])
+            body = _hubspot_won(910000000 + index, amount, currency, int(when.timestamp() * 1000))
+            yield "hubspot", json.dumps(body).encode()
+    for index, code in enumerate(["FAKE-SKU-200", "FAKE-SKU-404"]):
+        opportunity = f"006xx00000000{index + 3:02d}AAA"
+        yield "salesforce_outbound", _outbound_won(opportunity)
+        yield "generic", json.dumps(_cpq_quote(opportunity, code)).encode()
+
+
+def load_demo_deliveries(count: int = 40) -> dict:
+    """Feed the synthetic deliveries through the receive path; return a tally."""
+    from django.utils import timezone
+    from django.utils.datastructures import CaseInsensitiveMapping
+
+    from syncflows.connectors import DeliveryRequest
+    from syncflows.services.receive import receive
+
+    connectors = {c.slug: c for c in Connector.objects.all()}
+    tally: dict[str, int] = {}
+    for slug, body in demo_deliveries(count):
+        request = DeliveryRequest(
+            method="POST",
+            url=f"file://demo/{slug}",
+            headers=CaseInsensitiveMapping({"Content-Type": "application/json"}),
+            body=body,
+            received_at=timezone.now(),
+            source="file",
+            verified=True,
+        )
+        result = receive(connectors[slug], request)
+        tally[result.status] = tally.get(result.status, 0) + 1
+    return tally

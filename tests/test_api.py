@@ -297,7 +297,7 @@ def cases(db, viewer):
     version = make_brief_version()
     deal = make_record(hubspot, "deal", "900000001")
     RecordAlias.objects.create(
-        record=deal, connector=hubspot, object_type="deal", alias_id="900000777"
+        record=deal, alias_key="hubspot:deal:900000777", alias_id="900000777"
     )
     command = make_command(
         deal, destination, version, "key-1", erp_document_number="SO-9"

@@ -138,7 +138,15 @@ def test_signature_missing_rejected():
 
 
 @pytest.mark.parametrize(
-    "header", ["v1=abc", "t=1718000000", "t=soon,v1=abc", "garbage", "t=1718000000,v1"]
+    "header",
+    [
+        "v1=abc",
+        "t=1718000000",
+        "t=soon,v1=abc",
+        "t=\u0661\u0662,v1=abc",
+        "garbage",
+        "t=1718000000,v1",
+    ],
 )
 def test_signature_malformed_rejected(header):
     with pytest.raises(DeliveryRejected) as caught:

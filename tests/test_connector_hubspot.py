@@ -183,9 +183,10 @@ def test_timestamp_header_missing_rejected():
     assert caught.value.code == "timestamp_missing"
 
 
-def test_timestamp_not_a_number_rejected():
+@pytest.mark.parametrize("timestamp", ["yesterday", "\u0661\u0662\u0663", "-5"])
+def test_timestamp_not_a_number_rejected(timestamp):
     body = fixture_bytes("hubspot_signature_v3_testvector_body.txt")
-    request = signed_request(body, "yesterday", VECTOR_SIGNATURE, now_ms=1718000002000)
+    request = signed_request(body, timestamp, VECTOR_SIGNATURE, now_ms=1718000002000)
 
     with pytest.raises(DeliveryRejected) as caught:
         kind.verify(make_connector(), request)

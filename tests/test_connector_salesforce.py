@@ -562,6 +562,18 @@ def test_outbound_well_formed_without_organization_rejected():
     assert caught.value.status == 403
 
 
+def test_outbound_empty_organization_rejected():
+    body = fixture_bytes("salesforce_outbound_message_opportunity.xml").replace(
+        b"<OrganizationId>00Dxx0000000001EAA</OrganizationId>",
+        b"<OrganizationId></OrganizationId>",
+    )
+
+    with pytest.raises(DeliveryRejected) as caught:
+        outbound.verify(outbound_connector(), outbound_request(body))
+
+    assert caught.value.code == "organization_missing"
+
+
 def test_outbound_truncated_from_organization_quarantined():
     body = fixture_bytes("salesforce_outbound_message_opportunity.xml")
     truncated = body[: body.index(b"<sf:Amount>1234.56")]

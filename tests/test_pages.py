@@ -72,12 +72,16 @@ def client_for(client, user):
 
 @pytest.fixture
 def connector():
-    return Connector.objects.create(slug="hubspot-eu", name="HubSpot EU", kind="hubspot")
+    return Connector.objects.create(
+        slug="hubspot-eu", name="HubSpot EU", kind="hubspot"
+    )
 
 
 @pytest.fixture
 def destination():
-    return Destination.objects.create(slug="sandbox", name="Sandbox ERP", adapter="sandbox")
+    return Destination.objects.create(
+        slug="sandbox", name="Sandbox ERP", adapter="sandbox"
+    )
 
 
 @pytest.fixture
@@ -191,16 +195,12 @@ def make_rows(connector, destination, brief_version, lane, finance):
             record = make_record(connector, index)
             command = make_command(record, destination, brief_version, index)
             make_case(lane, record.record_key, command=command, owner_user=finance)
-            version = BriefVersion.objects.create(
-                brief=Brief.objects.create(
-                    slug=f"brief-{index}", name=f"Brief {index}", intent="x", owner=finance
-                ),
-                number=1,
-                state="draft",
-                mapping={},
-                command_schema={},
+            brief = Brief.objects.create(
+                slug=f"brief-{index}", name=f"Brief {index}", intent="x", owner=finance
             )
-            assert version.pk
+            BriefVersion.objects.create(
+                brief=brief, number=1, state="draft", mapping={}, command_schema={}
+            )
 
     return build
 
@@ -361,7 +361,9 @@ def test_full_page_wraps_partial(client, viewer, make_rows, name, query, table_i
 def test_partial_updates_count_out_of_band(client, viewer, make_rows):
     make_rows(3)
     client_for(client, viewer)
-    response = client.get(reverse("syncflows:deliveries"), headers={"HX-Request": "true"})
+    response = client.get(
+        reverse("syncflows:deliveries"), headers={"HX-Request": "true"}
+    )
     counts = parse(response).xpath('//*[@id="delivery-count"]')
     assert len(counts) == 1
     assert counts[0].get("hx-swap-oob") == "true"
@@ -437,9 +439,10 @@ def count_queries(client, url) -> int:
     return len(context.captured_queries)
 
 
-# Measured: session, user and the user's groups (3), the page's count and rows
-# (2), then one query per model-choice filter (connector or destination; lane,
-# owner group and destination for cases) or the briefs' version prefetch.
+# Measured on these pages: session, user and the user's groups (3 queries),
+# then the page's count and rows (2). Each model-choice filter adds one query
+# for its choices (connector, destination, lane, owner group), and the briefs
+# page adds one for the version prefetch.
 MAX_LIST_QUERIES = {
     "syncflows:deliveries": 6,
     "syncflows:events": 6,
@@ -509,7 +512,9 @@ def test_delivery_detail_lists_headers_and_events(client, viewer, connector):
     delivery = make_delivery(connector, 7)
     make_event(delivery, 7)
     client_for(client, viewer)
-    document = parse(client.get(reverse("syncflows:delivery-detail", args=[delivery.pk])))
+    document = parse(
+        client.get(reverse("syncflows:delivery-detail", args=[delivery.pk]))
+    )
     text = document.text_content()
     assert "X-HubSpot-Signature-v3" in text
     assert f"{len(RAW_BODY)} bytes" in text
@@ -623,7 +628,9 @@ def test_action_on_closed_case_shows_refusal(client, finance, open_case):
         reverse("exceptions:case-acknowledge", args=[open_case.pk]), follow=True
     )
     messages = [str(message) for message in response.context["messages"]]
-    assert messages == [f"Case {open_case.pk} is resolved, so it cannot be acknowledged."]
+    assert messages == [
+        f"Case {open_case.pk} is resolved, so it cannot be acknowledged."
+    ]
     errors = parse(response).xpath('//li[contains(@class, "message-error")]')
     assert len(errors) == 1
 
@@ -677,7 +684,9 @@ def test_case_detail_shows_detail_table(client, viewer, open_case):
 def test_my_work_lists_user_and_group_cases(client, make_rows, lane):
     make_rows(2)
     pricing_lane = Lane.objects.create(
-        slug="pricing", name="Pricing", owner_group=Group.objects.get(name="Pricing Ops")
+        slug="pricing",
+        name="Pricing",
+        owner_group=Group.objects.get(name="Pricing Ops"),
     )
     make_case(pricing_lane, "hubspot:deal:1", owner_group=pricing_lane.owner_group)
     closed = make_case(lane, "hubspot:deal:2", state="resolved")
@@ -724,7 +733,9 @@ def test_trace_shows_timeline_for_one_match(client, viewer, make_rows):
 
 def test_trace_lists_keys_for_many_matches(client, viewer, connector):
     record = make_record(connector, 1)
-    LedgerEntry.objects.create(step="receive", record_key=record.record_key, message="x")
+    LedgerEntry.objects.create(
+        step="receive", record_key=record.record_key, message="x"
+    )
     destination = Destination.objects.create(slug="d", name="d", adapter="sandbox")
     version = BriefVersion.objects.create(
         brief=Brief.objects.create(slug="b", name="b", intent="x"),
@@ -776,7 +787,9 @@ def test_briefs_show_active_and_latest_version(client, viewer, brief_version):
 
 def test_dashboards_count_by_state(client, viewer, make_rows, lane):
     make_rows(4)
-    Command.objects.filter(idempotency_key__in=["key-0", "key-1"]).update(state="failed")
+    Command.objects.filter(idempotency_key__in=["key-0", "key-1"]).update(
+        state="failed"
+    )
     ExceptionCase.objects.filter(record_key="hubspot-eu:deal:900003").update(
         reason_code="erp_rejected"
     )
@@ -790,7 +803,8 @@ def test_dashboards_count_by_state(client, viewer, make_rows, lane):
     assert commands["pending"] == 2
     assert response.context["command_counts"]["total"] == 4
     cases = {
-        row["reason_code"]: row["count"] for row in response.context["case_counts"]["rows"]
+        row["reason_code"]: row["count"]
+        for row in response.context["case_counts"]["rows"]
     }
     assert cases == {"mapping_missing": 3, "erp_rejected": 1}
     assert response.context["event_counts"]["total"] == 4

@@ -129,7 +129,7 @@ def test_missing_template_value_is_schema_invalid(adapter, erp):
 # Idempotency
 
 
-def test_dropped_answer_then_find_existing(adapter, erp):
+def test_dropped_response_then_find_existing(adapter, erp):
     erp.drop_next(path=ORDERS)
 
     error = raised(adapter.execute, command())
@@ -143,7 +143,7 @@ def test_dropped_answer_then_find_existing(adapter, erp):
     assert len(erp.orders) == 1
 
 
-def test_slow_answer_then_retry_returns_same(erp_env):
+def test_slow_response_then_retry_returns_same(erp_env):
     erp = erp_env
     rest = build(erp, timeout=0.5)
     erp.delay_next(5, path=ORDERS)
@@ -197,7 +197,7 @@ def test_conflict_without_document(adapter, erp):
     assert erp.orders == {}
 
 
-# ERP answers
+# ERP error responses
 
 
 def test_validation_errors_in_plain_words(adapter, erp):
@@ -368,6 +368,36 @@ def test_oauth2_token_is_cached(erp_env):
         rest.fetch_invoice("1")
     assert erp.count("/oauth/token") == 1
     assert erp.count("/api/invoices/1") == 3
+
+
+def test_oauth2_renews_before_expiry(erp_env):
+    erp = erp_env
+    erp.token_lifetime = 60
+    rest = build(erp, "oauth2")
+    now = [1000.0]
+    rest.auth.clock = lambda: now[0]
+    rest.fetch_invoice("1")
+
+    now[0] += 53  # 60 s lifetime minus 6 s early renewal, not yet due
+    rest.fetch_invoice("1")
+    assert erp.count("/oauth/token") == 1
+    now[0] += 2
+    rest.fetch_invoice("1")
+
+    assert erp.count("/oauth/token") == 2
+    assert erp.count("/api/invoices/1") == 3
+
+
+def test_echoed_secret_is_redacted(erp_env):
+    erp = erp_env
+    echo = {"message": f"Bad token {erp.bearer_token}."}
+    erp.fail_next(1, 400, path=ORDERS, body=echo)
+
+    error = raised(build(erp).execute, command())
+
+    assert error.reason_code == "erp_rejected"
+    assert error.message.endswith(": Bad token [secret].")
+    assert erp.bearer_token not in error.detail["body"]
 
 
 def test_oauth2_second_401_is_auth_failed(erp_env):

@@ -99,7 +99,7 @@ def world(db):
     deal = make_record(hubspot, "deal", "900000001")
     opportunity = make_record(salesforce, "Opportunity", "006xx0000000001AAA")
     RecordAlias.objects.create(
-        record=deal, connector=hubspot, object_type="deal", alias_id="900000777"
+        record=deal, alias_key="hubspot:deal:900000777", alias_id="900000777"
     )
 
     failed = make_command(

@@ -215,6 +215,29 @@ def test_unknown_sku_is_mapping_missing(adapter, rpc):
     assert count(rpc, "sale.sale") == sales_before
 
 
+def test_tax_code_maps_to_tax_name(adapter):
+    known = order(line("FAKE-SKU-100", "1", "100.00", "100.00", tax_code="VAT 24%"))
+    unknown = order(line("FAKE-SKU-100", "1", "100.00", "100.00", tax_code="VAT-XX"))
+
+    totals = adapter.preflight(command(known))
+    with pytest.raises(AdapterError) as caught:
+        adapter.preflight(command(unknown))
+
+    assert totals["tax_amount"] == "24.00"
+    assert caught.value.reason_code == "mapping_missing"
+    assert caught.value.detail == {"tax_code": "VAT-XX", "sku": "FAKE-SKU-100"}
+
+
+def test_float_amount_is_schema_invalid(adapter):
+    payload = order(line("FAKE-SKU-100", "1", 99.99, "99.99"), total="99.99")
+
+    with pytest.raises(AdapterError) as caught:
+        adapter.preflight(command(payload))
+
+    assert caught.value.reason_code == "schema_invalid"
+    assert "float" in caught.value.message
+
+
 def test_unknown_customer_is_master_data(adapter, rpc):
     reference = f"hubspot:company:{secrets.randbelow(10**9)}"
     payload = order(line("FAKE-SKU-100", "1", "99.99", "99.99"), customer=reference)
@@ -261,6 +284,8 @@ def test_preflight_writes_nothing(adapter, rpc):
         count(rpc, model) for model in ("sale.sale", "sale.line", "party.party")
     ]
     assert counts_after == counts_before
+    assert totals["line_count"] == 2
+    assert totals["tryton_line_count"] == 3
     assert totals["untaxed_amount"] == "914.91"
     assert totals["tax_amount"] == "219.58"
     assert totals["total_amount"] == "1134.49"

@@ -1,8 +1,8 @@
 """POST views for the actions on one exception case.
 
 Each view calls the matching service, which checks the role and the case's
-state. A refusal is shown with the messages framework; a missing role raises
-PermissionDenied, which Django answers with 403.
+state. A refusal is shown with the messages framework. A missing role raises
+PermissionDenied, which Django turns into a 403 response.
 """
 
 import logging

@@ -13,8 +13,8 @@ from exceptions.views.forms import DismissForm, ResolveForm
 from meshline import roles
 from syncflows.views.lists import render_filtered_list
 
-# The filters shown before "More filters"; the rest of the FilterSet follows.
-PRIMARY_FILTERS = 5
+# The filters shown above the table. "More filters" folds away the rest.
+PRIMARY_FILTERS = ("q", "state", "reason_code", "lane", "sla")
 
 
 def case_queryset():
@@ -68,7 +68,7 @@ def case_detail(request, pk):
 
 
 def render_case(request, pk, *, forms=None, status=200):
-    """Render the case page; ``forms`` carries bound forms that failed validation."""
+    """Render the case page, with any bound ``forms`` that failed validation."""
     case = get_object_or_404(
         ExceptionCase.objects.select_related(
             "lane", "owner_user", "owner_group", "brief", "destination", "command"
@@ -90,7 +90,7 @@ def render_case(request, pk, *, forms=None, status=200):
 
 
 def allowed_actions(user, case) -> dict[str, bool]:
-    """Return which action buttons to show; the services enforce the same rules."""
+    """Return the action buttons to show. The services check the same rules."""
     if not case.is_open:
         return {}
     triage = roles.can(user, "triage_case")

@@ -21,8 +21,8 @@ Keys of ``destination.settings``:
       "client_auth": "basic" | "post"}``. The token is cached until shortly
       before ``expires_in`` runs out.
 
-    Instead of ``*_env`` or ``*_file`` the secret may sit in the destination's
-    encrypted ``credentials`` under ``token``, ``password`` or
+    Instead of ``*_env`` or ``*_file``, the secret can be stored in the
+    destination's encrypted ``credentials`` under ``token``, ``password`` or
     ``client_secret``. A secret written in clear in the settings is rejected.
     After a 401 or 403, the adapter refreshes the credentials once (a new
     OAuth2 token, or a fresh read of the variable or file) and repeats only
@@ -41,8 +41,9 @@ Keys of ``destination.settings``:
       is replaced by the value's text, and a trailing ``?`` as in
       ``"{{ line.discount_percent? }}"`` drops the key when the value is
       missing. ``{"$each": "payload.lines", "as": "line", "item": {...}}``
-      renders ``item`` once per element;
-    - ``response``: dotted paths into the JSON answer (``results.0.id``):
+      renders ``item`` once per element. NOTE: amounts are sent as the decimal
+      strings the command carries, and no template form sends a JSON number;
+    - ``response``: dotted paths into the JSON response (``results.0.id``):
       ``reference`` (default ``id``), ``number`` (default ``number``) and
       ``data``, a mapping of names to paths stored in the result. For
       ``find_existing`` also ``items``, the path to the list of matches, and
@@ -64,7 +65,7 @@ Keys of ``destination.settings``:
     ``{"status": 404 | [400, 422] | "4xx", "body_pattern": "unknown sku",
     "reason": "master_data_missing", "transient": false, "commands":
     ["sales_order.create"], "message": "..."}``. ``body_pattern`` is a
-    case-insensitive regular expression searched in the answer's body.
+    case-insensitive regular expression searched in the response body.
 
 Default classification: a connection error or timeout, 408 and 5xx are
 transient ``erp_unavailable``. 429 is transient ``rate_limited`` with
@@ -72,7 +73,12 @@ transient ``erp_unavailable``. 429 is transient ``rate_limited`` with
 ``auth_failed``. 409 on a command makes the adapter look the key up with
 ``find_existing`` and return the document found, else ``idempotency_conflict``.
 400 and 422 are ``erp_rejected`` with the field errors in the message. Any
-other status is ``erp_rejected``.
+other status is ``erp_rejected``, except that a 404 from ``find_existing`` or
+``fetch_invoice`` returns None. Redirects are not followed.
+
+``preflight`` returns the command's currency, total and the sum of its line
+totals, updated with the ``response.data`` of the ``preflight`` request if
+one is configured.
 """
 
 import email.utils
@@ -190,6 +196,12 @@ def default_status_class(status: int) -> tuple[str, bool, str]:
 
 
 class RestAdapter(Adapter):
+    """An ERP destination reached over a JSON API described by its settings.
+
+    NOTE: one instance per worker thread. The OAuth2 token cache is locked, but
+    requests does not document ``Session`` as thread-safe.
+    """
+
     def __init__(self, destination):
         super().__init__(destination)
         self.slug = destination.slug
@@ -228,7 +240,7 @@ class RestAdapter(Adapter):
             headers[self.idempotency_header] = command.idempotency_key
         context = command_context(command)
         path, response = self._send(command.command_type, spec, context, headers)
-        if False:
+        if response.status_code == 409:
             return self._resolve_conflict(command, spec, context, path, response)
 
         document = self._checked_json(command.command_type, spec, path, response)
@@ -279,7 +291,7 @@ class RestAdapter(Adapter):
         elif isinstance(exc, requests.ConnectionError):
             message = (
                 f"Could not reach {where}, or it closed the connection "
-                f"before answering: {exc}"
+                f"before responding: {exc}"
             )
         else:
             return super().classify(exc)
@@ -365,7 +377,7 @@ class RestAdapter(Adapter):
         return document
 
     def _checked_json(self, operation: str, spec: CommandSpec, path: str, response):
-        """Return the parsed JSON of a 2xx answer, or raise its AdapterError."""
+        """Return the parsed JSON of a 2xx response, or raise its AdapterError."""
         if not 200 <= response.status_code < 300:
             raise self._response_error(operation, spec.method, path, response)
         if not response.content:
@@ -527,7 +539,7 @@ class RestAdapter(Adapter):
         value = lookup(document, spec.response[name], None)
         if value is None:
             message = (
-                f"The ERP's answer to {spec.method} {path} has no {name} at "
+                f"The ERP's response to {spec.method} {path} has no {name} at "
                 f"{spec.response[name]!r}; check "
                 f"settings.commands.{operation}.response.{name}."
             )
@@ -562,7 +574,7 @@ class RestAdapter(Adapter):
         try:
             return str(to_decimal(value, what))
         except MoneyError as exc:
-            message = f"The ERP's answer to GET {path} is invalid: {exc}"
+            message = f"The ERP's response to GET {path} is invalid: {exc}"
             raise AdapterError("erp_rejected", message) from None
 
     def _redact(self, text: str) -> str:

@@ -1,8 +1,8 @@
 """Credentials of the REST adapter: bearer, basic and OAuth2 client credentials.
 
 Secrets are read only from environment variables, files or the destination's
-encrypted credentials, and each auth object lists the secret values it
-holds so that the adapter can remove them from messages.
+encrypted credentials. Each auth object returns the secret values it has
+loaded from ``secrets()``, so that the adapter can remove them from messages.
 """
 
 import base64
@@ -145,12 +145,14 @@ class OAuth2ClientCredentials:
             form.update(client_id=self.client_id, client_secret=self._secret)
         document = self.fetch(self.token_url, form, basic)
         self._token = str(document["access_token"])
-        lifetime = document.get("expires_in")
         self._expires_at = None
-        if lifetime is not None:
-            seconds = float(lifetime)
-            # Renew early so a token cannot expire while a request is in flight.
-            self._expires_at = self.clock() + seconds - min(30.0, seconds / 10)
+        try:
+            seconds = float(document.get("expires_in"))
+        except (TypeError, ValueError):
+            return  # no usable lifetime, so the token is kept until a 401
+        # Renew early, by a tenth of the lifetime and at most 30 s, so that a
+        # token rarely expires while a request is in flight.
+        self._expires_at = self.clock() + seconds - min(30.0, seconds / 10)
 
 
 def build_auth(slug: str, auth, credentials, base_url: str, fetch):

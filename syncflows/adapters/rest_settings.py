@@ -129,43 +129,52 @@ def parse_command(slug: str, name: str, raw) -> CommandSpec:
         raise config_error(slug, key, "must be an object with method and path")
     method = str(raw.get("method", "")).upper()
     if method not in METHODS:
-        raise config_error(
-            slug, f"{key}.method", f"must be one of {', '.join(METHODS)}"
-        )
+        problem = f"must be one of {', '.join(METHODS)}"
+        raise config_error(slug, f"{key}.method", problem)
     path = raw.get("path")
     if not (isinstance(path, str) and path.startswith("/")):
         raise config_error(slug, f"{key}.path", "must be a string that starts with /")
+
     kind = name if name in OPERATIONS else "command"
-    response = raw.get("response", {})
-    if not isinstance(response, dict) or not all(
-        isinstance(v, str) for k, v in response.items() if k != "data"
-    ):
-        raise config_error(slug, f"{key}.response", "must map names to dotted paths")
-    unknown = set(response) - RESPONSE_KEYS[kind]
-    if unknown:
-        raise config_error(
-            slug, f"{key}.response", f"has unknown keys {sorted(unknown)}"
-        )
-    for option in ("data", "match", "state_map"):
-        value = response.get("data", {}) if option == "data" else raw.get(option, {})
-        if not isinstance(value, dict) or not all(
-            isinstance(v, str) for v in value.values()
-        ):
-            raise config_error(slug, f"{key}.{option}", "must map names to strings")
-    defaults = {"command": DEFAULT_RESPONSE, "find_existing": DEFAULT_RESPONSE}.get(
-        kind, {}
-    )
-    if kind == "fetch_invoice":
-        defaults = DEFAULT_INVOICE_RESPONSE
+    response = parse_response(slug, key, kind, raw.get("response", {}))
+    for option in ("match", "state_map"):
+        check_string_map(slug, f"{key}.{option}", raw.get(option, {}))
     return CommandSpec(
         name=name,
         method=method,
         path=path,
         body=raw.get("body"),
-        response={**defaults, **response},
+        response=response,
         match=dict(raw.get("match", {})),
         state_map=dict(raw.get("state_map", {})),
     )
+
+
+def parse_response(slug: str, key: str, kind: str, response) -> dict:
+    """Check ``response`` paths and merge them over the defaults for ``kind``."""
+    if not isinstance(response, dict):
+        raise config_error(slug, f"{key}.response", "must map names to dotted paths")
+    unknown = set(response) - RESPONSE_KEYS[kind]
+    if unknown:
+        problem = f"has unknown keys {sorted(unknown)}"
+        raise config_error(slug, f"{key}.response", problem)
+    paths = {name: value for name, value in response.items() if name != "data"}
+    check_string_map(slug, f"{key}.response", paths)
+    check_string_map(slug, f"{key}.response.data", response.get("data", {}))
+
+    defaults = {}
+    if kind in ("command", "find_existing"):
+        defaults = DEFAULT_RESPONSE
+    elif kind == "fetch_invoice":
+        defaults = DEFAULT_INVOICE_RESPONSE
+    return {**defaults, **response}
+
+
+def check_string_map(slug: str, key: str, value) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str) for v in value.values()
+    ):
+        raise config_error(slug, key, "must map names to strings")
 
 
 def parse_commands(slug: str, raw) -> dict:
@@ -177,7 +186,7 @@ def parse_commands(slug: str, raw) -> dict:
         raise config_error(
             slug,
             "commands.find_existing",
-            "is missing; it is required because a retry after a lost answer "
+            "is missing; it is required because a retry after a lost response "
             "must find the document already written",
         )
     if not set(raw) - set(OPERATIONS):
@@ -186,7 +195,12 @@ def parse_commands(slug: str, raw) -> dict:
 
 
 def parse_statuses(slug: str, key: str, raw) -> tuple[frozenset, frozenset]:
-    items = raw if isinstance(raw, list) else [] if raw is None else [raw]
+    if raw is None:
+        items = []
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        items = [raw]
     statuses, classes = set(), set()
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
@@ -316,7 +330,7 @@ def render_path(template: str, context: dict) -> str:
 
 
 def plain(value):
-    """Convert Decimals from parsed answers to strings so results store as JSON."""
+    """Convert Decimals from parsed responses to strings so results store as JSON."""
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, dict):

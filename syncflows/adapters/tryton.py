@@ -179,7 +179,8 @@ class TrytonAdapter(Adapter):
             "customer_id": plan.party_id,
             "customer_would_be_created": plan.party_id is None,
             "currency": plan.currency.code,
-            "line_count": len(plan.lines),
+            "line_count": len(command.payload["lines"]),
+            "tryton_line_count": len(plan.lines),
             **totals,
             "notes": plan.notes,
         }
@@ -189,7 +190,7 @@ class TrytonAdapter(Adapter):
         unfinished = self._find_sale(key, FINISHED_SALE_STATES + ("draft", "quotation"))
         if unfinished and unfinished["state"] in FINISHED_SALE_STATES:
             logger.info("Tryton sale %s already carries key %s", unfinished["id"], key)
-            return self._result(unfinished["id"])
+            return self._finish(unfinished["id"])
         if unfinished:
             sale_id = unfinished["id"]
             logger.warning(
@@ -200,10 +201,7 @@ class TrytonAdapter(Adapter):
             self._check_totals(plan)
             sale_id = self._create_sale(plan)
         self._confirm(sale_id, unfinished["state"] if unfinished else "draft")
-        result = self._result(sale_id)
-        if self.settings.get("post_invoices") and result.data["invoice_ids"]:
-            self._post_invoices(sale_id, result.data["invoice_ids"])
-            result = self._result(sale_id)
+        result = self._finish(sale_id)
         logger.info(
             "Created Tryton sale %s (%s) for key %s",
             sale_id,
@@ -211,6 +209,22 @@ class TrytonAdapter(Adapter):
             key,
         )
         return result
+
+    def _finish(self, sale_id: int) -> ExecutionResult:
+        """Post the draft invoices if post_invoices is set, then read the sale."""
+        result = self._result(sale_id)
+        drafts = [
+            invoice_id
+            for invoice_id, state in zip(
+                result.data["invoice_ids"], result.data["invoice_states"], strict=True
+            )
+            if state in DRAFT_INVOICE_STATES
+        ]
+        if not (self.settings.get("post_invoices") and drafts):
+            return result
+        self.rpc.model("account.invoice", "post", drafts)
+        logger.info("Posted Tryton invoices %s of sale %s", drafts, sale_id)
+        return self._result(sale_id)
 
     def find_existing(self, idempotency_key: str) -> ExecutionResult | None:
         sale = self._find_sale(idempotency_key, FINISHED_SALE_STATES)
@@ -344,6 +358,12 @@ class TrytonAdapter(Adapter):
                 f"The tryton adapter does not handle {command.command_type!r} "
                 "commands.",
             )
+        try:
+            return self._plan_sale(command, write)
+        except MoneyError as exc:
+            raise AdapterError("schema_invalid", str(exc)) from exc
+
+    def _plan_sale(self, command: CommandData, write: bool) -> SalePlan:
         payload = command.payload
         lines = payload.get("lines") or []
         if not lines:
@@ -477,6 +497,8 @@ class TrytonAdapter(Adapter):
         if product_id not in defaults:
             defaults[product_id] = self._line_defaults(plan, product_id, quantity)
         unit, taxes = defaults[product_id]
+        if line.get("tax_code"):
+            taxes = self._taxes(line["tax_code"], sku, number)
 
         gross = plan.currency.round(quantity * unit_price)
         values = {
@@ -517,6 +539,18 @@ class TrytonAdapter(Adapter):
             "description": _discount_description(line, sku),
         }
         return [values, discount]
+
+    def _taxes(self, tax_code: str, sku: str, number: int) -> list[int]:
+        """Return the ids of the Tryton taxes named ``tax_code``."""
+        found = self._search_read("account.tax", [["name", "=", tax_code]], ["id"])
+        if not found:
+            raise AdapterError(
+                "mapping_missing",
+                f"Line {number} ({sku}): Tryton has no tax named {tax_code!r}. Map the "
+                "CRM tax code to a Tryton tax name in the tax code lookup table.",
+                detail={"tax_code": tax_code, "sku": sku},
+            )
+        return [row["id"] for row in found]
 
     def _check_price_digits(self, unit_price: Decimal, sku: str, number: int) -> None:
         digits = self._price_digits()
@@ -627,30 +661,33 @@ class TrytonAdapter(Adapter):
                 "Tryton sale %s could not be cancelled: %s", sale_id, cancel_exc.message
             )
 
-    def _post_invoices(self, sale_id: int, invoice_ids: list[int]) -> None:
-        invoices = self._read("account.invoice", invoice_ids, ["state"])
-        drafts = [row["id"] for row in invoices if row["state"] in DRAFT_INVOICE_STATES]
-        if drafts:
-            self.rpc.model("account.invoice", "post", drafts)
-            logger.info("Posted Tryton invoices %s of sale %s", drafts, sale_id)
-
     # Compensation
 
     def _compensate_sale(self, sale: dict) -> dict:
+        """Cancel or credit what the sale produced; a second call finds nothing to do.
+
+        Tryton 8.2 cancels a sale only before it is processed, so a processed
+        sale keeps its state: its draft invoices and open shipments are
+        cancelled and then ignored with sale's handle-exception wizards, and
+        its posted invoices are credited.
+        """
         sale_id = sale["id"]
-        if sale["state"] == "cancelled":
-            return {"status": "already_compensated", "sale_id": sale_id, "actions": []}
         if sale["state"] in ("draft", "quotation", "confirmed"):
             if sale["state"] == "confirmed":
                 self.rpc.model("sale.sale", "draft", [sale_id])
             self.rpc.model("sale.sale", "cancel", [sale_id])
-            logger.info("Cancelled Tryton sale %s", sale_id)
-            return {
-                "status": "compensated",
-                "sale_id": sale_id,
-                "actions": ["cancelled_sale"],
-            }
+            actions = ["cancelled_sale"]
+        elif sale["state"] == "cancelled":
+            actions = []
+        else:
+            actions = self._reverse_invoices(sale) + self._cancel_shipments(sale)
+            actions += self._ignore_exceptions(sale_id)
+        if not actions:
+            return {"status": "already_compensated", "sale_id": sale_id, "actions": []}
+        logger.info("Compensated Tryton sale %s: %s", sale_id, actions)
+        return {"status": "compensated", "sale_id": sale_id, "actions": actions}
 
+    def _reverse_invoices(self, sale: dict) -> list[str]:
         actions = []
         invoices = self._read("account.invoice", sale["invoices"], INVOICE_FIELDS)
         drafts = [row["id"] for row in invoices if row["state"] in DRAFT_INVOICE_STATES]
@@ -658,20 +695,11 @@ class TrytonAdapter(Adapter):
             self.rpc.model("account.invoice", "cancel", drafts)
             actions.append(f"cancelled_invoices:{','.join(map(str, drafts))}")
         for invoice in invoices:
-            if invoice["state"] in ("posted", "paid") and not self._credit_notes(
-                invoice
-            ):
-                credit_id = self._credit(invoice)
-                actions.append(f"credit_note:{credit_id}")
-        actions += self._cancel_shipments(sale)
-        if drafts or any(
-            action.startswith("cancelled_shipments") for action in actions
-        ):
-            self._ignore_exceptions(sale_id)
-        if not actions:
-            return {"status": "already_compensated", "sale_id": sale_id, "actions": []}
-        logger.info("Compensated Tryton sale %s: %s", sale_id, actions)
-        return {"status": "compensated", "sale_id": sale_id, "actions": actions}
+            if invoice["state"] not in ("posted", "paid"):
+                continue
+            if not self._credit_notes(invoice):
+                actions.append(f"credit_note:{self._credit(invoice)}")
+        return actions
 
     def _credit_notes(self, invoice: dict) -> list[dict]:
         origins = [f"account.invoice.line,{line_id}" for line_id in invoice["lines"]]
@@ -735,7 +763,7 @@ class TrytonAdapter(Adapter):
         self.rpc.model("stock.shipment.out", "cancel", open_ids)
         return [f"cancelled_shipments:{','.join(map(str, open_ids))}"]
 
-    def _ignore_exceptions(self, sale_id: int) -> None:
+    def _ignore_exceptions(self, sale_id: int) -> list[str]:
         """Tell Tryton to ignore the cancelled invoices and shipments of a sale."""
         context = {
             "active_model": "sale.sale",
@@ -745,12 +773,16 @@ class TrytonAdapter(Adapter):
         (sale,) = self._read(
             "sale.sale", [sale_id], ["invoice_state", "shipment_state"]
         )
+        actions = []
         if sale["invoice_state"] == "exception":
             self._run_ignore_wizard(
                 "sale.handle.invoice.exception", "invoices", context
             )
+            actions.append("ignored_cancelled_invoices")
         if sale["shipment_state"] == "exception":
             self._run_ignore_wizard("sale.handle.shipment.exception", "moves", context)
+            actions.append("ignored_cancelled_moves")
+        return actions
 
     def _run_ignore_wizard(self, name: str, records: str, context: dict) -> None:
         """Run a handle-exception wizard of sale, ignoring every cancelled record."""

@@ -105,9 +105,9 @@ class GenericSettings:
 
     def check(self, connector) -> None:
         if not (self.object_type or self.object_type_path):
-            raise _invalid_setting(connector, "object_type_path", "set, or object_type")
+            raise _missing_setting(connector, "object_type or object_type_path")
         if not (self.record_id_path or self.record_id_paths):
-            raise _invalid_setting(connector, "record_id_path", "set")
+            raise _missing_setting(connector, "record_id_path or record_id_paths")
         for object_type, parent in self.parents.items():
             if not (
                 isinstance(parent, dict)
@@ -336,6 +336,14 @@ def _canonical_hash(item: dict) -> str:
             "too_deep", "The JSON body is nested too deeply to read."
         ) from exc
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _missing_setting(connector, names: str) -> ParseError:
+    return ParseError(
+        "invalid_settings",
+        f"Connector '{connector.slug}' has neither of the settings {names}: set one "
+        "of them in the connector's settings, then replay the delivery.",
+    )
 
 
 def _invalid_setting(connector, name: str, expected: str) -> ParseError:

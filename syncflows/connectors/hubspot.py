@@ -2,7 +2,7 @@
 
 Settings: ``public_url``, the webhook URL exactly as configured in the HubSpot
 app. HubSpot signs that URL, so set it when a proxy changes the host or scheme
-the server sees. Secrets: the app's client secret (two during a rotation).
+the server receives. Secrets: the app's client secret (two during a rotation).
 """
 
 import base64
@@ -48,8 +48,8 @@ CHANGE_TYPES = {
     "merge": "merge",
 }
 
-# HubSpot's request-validation page says to decode these escapes in the URI
-# before signing. Client libraries differ on it, so both forms are accepted.
+# HubSpot's request-validation page tells integrators to decode these escapes
+# in the URI before signing. Client libraries differ on it, so both forms are accepted.
 _RESERVED_ESCAPES = {
     "%3A": ":",
     "%2F": "/",
@@ -85,7 +85,7 @@ class HubSpotKind(ConnectorKind):
         secrets = require_secrets(connector, "HubSpot client secret")
         check_timestamp(connector, request, int(timestamp) // 1000, TIMESTAMP_HEADER)
 
-        given = signature.strip().encode("utf-8", "replace")
+        received = signature.strip().encode("utf-8", "replace")
         for uri in signed_uris(connector, request):
             source = (
                 request.method.upper().encode()
@@ -95,7 +95,7 @@ class HubSpotKind(ConnectorKind):
             )
             for secret in secrets:
                 expected = base64.b64encode(hmac_sha256(secret, source))
-                if hmac.compare_digest(expected, given):
+                if hmac.compare_digest(expected, received):
                     return
         raise DeliveryRejected(
             "signature_invalid",
@@ -113,7 +113,7 @@ class HubSpotKind(ConnectorKind):
                 f"every v3 signature, so connector '{connector.slug}' cannot check "
                 "the delivery's age.",
             )
-        if not timestamp.isdigit():
+        if not (timestamp.isascii() and timestamp.isdigit()):
             raise DeliveryRejected(
                 "timestamp_invalid",
                 f"The {TIMESTAMP_HEADER} header is not a number of milliseconds.",

@@ -160,11 +160,11 @@ def find_organization_id(connector, body: bytes) -> str:
             status=400,
         ) from exc
     for element in root.iter():
-        if _local_name(element) == "OrganizationId":
-            return (element.text or "").strip()
+        if _local_name(element) == "OrganizationId" and (element.text or "").strip():
+            return element.text.strip()
     raise DeliveryRejected(
         "organization_missing",
-        "The XML body has no OrganizationId element: connector "
+        "The XML body has no OrganizationId, or an empty one: connector "
         f"'{connector.slug}' accepts only Salesforce Outbound Messages.",
         status=403,
     )

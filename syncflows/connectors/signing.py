@@ -115,7 +115,9 @@ def _split_signature_header(connector, name: str, value: str):
             timestamp = item
         elif key == "v1" and item.strip():
             signatures.append(item.strip().lower().encode("utf-8", "replace"))
-    if timestamp is None or not timestamp.isdigit() or not signatures:
+    if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()):
+        signatures = []
+    if not signatures:
         raise DeliveryRejected(
             "signature_malformed",
             f"The {name} header is not in the form t=<unix seconds>,v1=<hex>: "

@@ -4,8 +4,10 @@ One URL serves the whole page and, for an HTMX request, only the table
 partial, so a filter change or a page link swaps the table and nothing else.
 """
 
+from django import forms
 from django.core.paginator import Paginator
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 
 PAGE_SIZE = 50
@@ -53,8 +55,29 @@ def render_filtered_list(
 ):
     """Filter ``queryset`` with the FilterSet, paginate it and render it."""
     filterset = filterset_class(request.GET or None, queryset=queryset, request=request)
+    label_range_inputs(filterset.form)
     page = paginate(request, filterset.qs)
     full_context = {"filter": filterset, "page": page, **(context or {})}
     return render_list(
         request, template=template, partial=partial, context=full_context
     )
+
+
+def label_range_inputs(form) -> None:
+    """Give both inputs of every range filter an accessible name and an example.
+
+    A range widget renders two inputs under one label, so the second input
+    would have no name for a screen reader without these attributes.
+    """
+    zone = timezone.get_current_timezone_name()
+    for field in form.fields.values():
+        widget = field.widget
+        if not isinstance(widget, forms.MultiWidget) or len(widget.widgets) != 2:
+            continue
+        is_time = isinstance(field, forms.MultiValueField) and isinstance(
+            field.fields[0], forms.DateTimeField
+        )
+        example = "e.g. 2026-12-01 09:30" if is_time else ""
+        for subwidget, end in zip(widget.widgets, ("from", "to"), strict=True):
+            subwidget.attrs["aria-label"] = f"{field.label} {end} ({zone})"
+            subwidget.attrs["placeholder"] = f"{end.capitalize()} {example}".strip()

@@ -33,7 +33,9 @@ DELIVERY_VIEWS = [
     ("rejected", "Rejected", Delivery.Status.REJECTED),
 ]
 REPLAYABLE_STATUSES = {Delivery.Status.QUARANTINED, Delivery.Status.REJECTED}
-# Roles that may read a delivery's raw body, which holds personal data.
+# Pages never show connector secrets, so they are not loaded or decrypted.
+CONNECTOR_SECRETS = ("connector__secrets",)
+# Roles that may read a delivery's raw body, which contains personal data.
 RAW_BODY_ROLES = (roles.ADMIN, roles.TRIAGE_LEAD)
 
 
@@ -55,7 +57,7 @@ def delivery_list(request):
 
     queryset = (
         Delivery.objects.select_related("connector")
-        .defer("body", "headers")
+        .defer("body", "headers", *CONNECTOR_SECRETS)
         .annotate(event_count=Count("events"))
     )
     if view_names[view]:
@@ -82,9 +84,14 @@ def delivery_list(request):
 @require_GET
 def delivery_detail(request, pk):
     delivery = get_object_or_404(
-        Delivery.objects.select_related("connector", "replay_of"), pk=pk
+        Delivery.objects.select_related("connector", "replay_of").defer(
+            *CONNECTOR_SECRETS
+        ),
+        pk=pk,
     )
-    events = delivery.events.select_related("connector").defer("payload")
+    events = delivery.events.select_related("connector").defer(
+        "payload", *CONNECTOR_SECRETS
+    )
     show_body = roles.has_role(request.user, *RAW_BODY_ROLES)
     context = {
         "nav": "pipeline",
@@ -136,7 +143,9 @@ def safe_next(request, default: str) -> str:
 
 @require_GET
 def event_list(request):
-    queryset = InboundEvent.objects.select_related("connector").defer("payload")
+    queryset = InboundEvent.objects.select_related("connector").defer(
+        "payload", *CONNECTOR_SECRETS
+    )
     return render_filtered_list(
         request,
         filterset_class=InboundEventFilter,

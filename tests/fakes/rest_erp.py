@@ -3,13 +3,14 @@
 Endpoints (every one except the token endpoint requires an Authorization
 header with a bearer token or the basic credentials):
 
-- ``POST /api/orders`` creates a sales order. It requires an
-  ``Idempotency-Key`` header, returns 409 when the key was used before, 422
-  with ``{"errors": {"field": ["message"]}}`` when the body is invalid, 404
-  with ``{"error": "customer_not_found"}`` when ``known_customers`` is set and
-  lacks the customer, and otherwise 201 with the stored order (``id``,
-  ``number`` such as ``SO-000001``, ``state``, ``idempotency_key`` and the
-  body fields). Each order gets a posted invoice with the same id.
+- ``POST /api/orders`` creates a sales order and requires an
+  ``Idempotency-Key`` header. It returns 409 when the key was used before, and
+  422 with ``{"errors": {"field": ["message"]}}`` when the body is invalid.
+  It returns 404 with ``{"error": "customer_not_found"}`` when
+  ``known_customers`` is set and lacks the customer. Otherwise it returns 201
+  with the stored order: ``id``, ``number`` such as ``SO-000001``, ``state``,
+  ``idempotency_key`` and the body fields. Each order gets a posted invoice
+  with the same id.
 - ``POST /api/orders/validate`` checks a body like ``POST /api/orders`` but
   stores nothing and returns ``{"valid": true, "lines_total", "total"}``.
 - ``GET /api/orders?idempotency_key=K`` returns ``{"results": [...]}``.
@@ -18,11 +19,11 @@ header with a bearer token or the basic credentials):
 - ``POST /oauth/token`` issues client-credentials tokens that expire after
   ``token_lifetime`` seconds.
 
-Switches for tests: ``fail_next`` (answer N requests with a status, 503 by
-default), ``rate_limit_next`` (429 with Retry-After), ``delay_next`` (process
-the request, then wait before answering), ``drop_next`` (process the request,
-then close the connection without an answer), ``expire_tokens`` and the
-per-path request counter ``count``.
+Switches for tests: ``fail_next`` (respond to N requests with a status, 503
+by default), ``rate_limit_next`` (429 with Retry-After), ``delay_next``
+(process the request, then wait before responding), ``drop_next`` (process
+the request, then close the connection without a response), ``expire_tokens``
+and the per-path request counter ``count``.
 
 Usage::
 
@@ -79,6 +80,7 @@ class Fault:
     status: int = 503
     headers: dict = field(default_factory=dict)
     seconds: float = 0.0
+    body: dict | None = None
 
     def matches(self, path: str) -> bool:
         return self.remaining > 0 and self.path in (None, path)
@@ -154,19 +156,23 @@ class FakeErp:
 
     # Switches
 
-    def fail_next(self, n=1, status=503, *, path=None, retry_after=None) -> None:
+    def fail_next(
+        self, n=1, status=503, *, path=None, retry_after=None, body=None
+    ) -> None:
+        """Respond to the next N requests with ``status`` and ``body`` instead."""
         headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-        self._add_fault(Fault("status", n, path, status=status, headers=headers))
+        fault = Fault("status", n, path, status=status, headers=headers, body=body)
+        self._add_fault(fault)
 
     def rate_limit_next(self, retry_after="5", n=1, *, path=None) -> None:
         self.fail_next(n, 429, path=path, retry_after=retry_after)
 
     def delay_next(self, seconds: float, n=1, *, path=None) -> None:
-        """Process the next N requests, then wait ``seconds`` before answering."""
+        """Process the next N requests, then wait ``seconds`` before responding."""
         self._add_fault(Fault("delay", n, path, seconds=seconds))
 
     def drop_next(self, n=1, *, path=None) -> None:
-        """Process the next N requests, then close the connection unanswered."""
+        """Process the next N requests, then close the connection without a response."""
         self._add_fault(Fault("drop", n, path))
 
     def expire_tokens(self) -> None:
@@ -250,7 +256,10 @@ class FakeErp:
             self.requests[(method, url.path)] += 1
         fault = self._take_fault(("status",), url.path)
         if fault is not None:
-            body = {"error": "injected", "message": f"Injected {fault.status}."}
+            body = fault.body or {
+                "error": "injected",
+                "message": f"Injected {fault.status}.",
+            }
             return Reply(fault.status, body, dict(fault.headers)), None
         with self._lock:
             reply = self._route(
@@ -413,7 +422,7 @@ class FakeErp:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.0 closes every connection after one answer, so a dropped answer
+    # HTTP/1.0 closes every connection after one response, so a dropped response
     # never leaves a half-used keep-alive connection in the client's pool.
     protocol_version = "HTTP/1.0"
 
@@ -478,7 +487,7 @@ def order_errors(body, currencies, skus, check_line_totals=True) -> dict:
         add("close_date", f"{close_date!r} is not a date in the form YYYY-MM-DD.")
     places = MINOR_UNITS.get(currency, 2)
     lines_total = _check_lines(body.get("lines"), skus, places, check_line_totals, add)
-    total = _amount(body, "total", "", places, add) if "total" in body else None
+    total = _amount(body, "total", "", places, add)
     if total is not None and lines_total is not None and total != lines_total:
         add(
             "total",
@@ -531,33 +540,29 @@ def _check_line(index, line, skus, places, check_line_totals, add) -> Decimal | 
     _check_fields(line, LINE_FIELDS, OPTIONAL_LINE_FIELDS, prefix, add)
     if "sku" in line and line["sku"] not in skus:
         add(f"{prefix}sku", f"Unknown SKU {line['sku']!r}.")
-    quantity = (
-        _amount(line, "quantity", prefix, None, add) if "quantity" in line else None
-    )
-    price = (
-        _amount(line, "unit_price", prefix, None, add) if "unit_price" in line else None
-    )
+
+    quantity = _amount(line, "quantity", prefix, None, add)
+    price = _amount(line, "unit_price", prefix, None, add)
+    total = _amount(line, "line_total", prefix, places, add)
     discount = Decimal(0)
     if "discount_percent" in line:
         discount = _amount(line, "discount_percent", prefix, None, add)
         if discount is not None and not Decimal(0) <= discount <= Decimal(100):
             add(f"{prefix}discount_percent", f"{discount} is not between 0 and 100.")
-    total = (
-        _amount(line, "line_total", prefix, places, add)
-        if "line_total" in line
-        else None
-    )
     if None in (quantity, price, discount, total):
         return None
-    expected = (quantity * price * (100 - discount) / 100).quantize(
-        Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP
-    )
+
+    net = quantity * price * (100 - discount) / 100
+    expected = net.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     if check_line_totals and total != expected:
         add(f"{prefix}line_total", f"The line total {total} should be {expected}.")
     return total
 
 
 def _amount(data, name, prefix, places, add) -> Decimal | None:
+    """Parse an amount field; a missing field is reported by _check_fields."""
+    if name not in data:
+        return None
     value = data[name]
     if not isinstance(value, str):
         add(

@@ -26,6 +26,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-users", action="store_true", help="Do not create the demo users."
         )
+        parser.add_argument(
+            "--deliveries",
+            type=int,
+            default=0,
+            metavar="N",
+            help="Also feed N synthetic won deals (plus a few failing ones) through the "
+            "receive path; a worker turns them into orders.",
+        )
 
     def handle(self, *args, **options):
         connectors = load_demo_configuration()
@@ -35,6 +43,12 @@ class Command(BaseCommand):
             self.stdout.write(f"  {slug:<20} {connector.get_kind_display():<34} secret: {secret}")
         if not options["no_users"]:
             self._create_users()
+        if options["deliveries"]:
+            from syncflows.demo import load_demo_deliveries
+
+            tally = load_demo_deliveries(options["deliveries"])
+            text = ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
+            self.stdout.write(f"Demo deliveries: {text}.")
         self.stdout.write(self.style.SUCCESS("Demo configuration loaded."))
 
     def _create_users(self):
