@@ -399,6 +399,13 @@ def test_filter_form_targets_table(client, viewer, make_rows):
     assert "id_state" in inputs
 
 
+def test_range_filter_inputs_are_labelled(client, viewer):
+    client_for(client, viewer)
+    document = parse(client.get(reverse("syncflows:events")))
+    names = document.xpath('//input[starts-with(@name, "received_at_")]/@aria-label')
+    assert names == ["Received from (UTC)", "Received to (UTC)"]
+
+
 def test_history_restore_request_gets_full_page(client, viewer, make_rows):
     make_rows(1)
     client_for(client, viewer)
@@ -665,6 +672,8 @@ def test_resolve_with_note(client, finance, open_case):
 
 
 def test_case_detail_shows_detail_table(client, viewer, open_case):
+    open_case.detail["lines"] = [{"sku": "WIDGET-9"}]
+    open_case.save(update_fields=["detail"])
     client_for(client, viewer)
     document = parse(client.get(reverse("exceptions:case-detail", args=[open_case.pk])))
     rows = document.xpath('//table[contains(@class, "detail-table")]//tbody/tr')
@@ -675,8 +684,10 @@ def test_case_detail_shows_detail_table(client, viewer, open_case):
     assert cells == [
         ("key", "WIDGET-9"),
         ("line.quantity", "2"),
+        ("lines", '[\n  {\n    "sku": "WIDGET-9"\n  }\n]'),
         ("table", "sku-map"),
     ]
+    assert len(rows[2].xpath("./td/pre")) == 1
     trace = document.xpath('//a[starts-with(@href, "/trace/")]/@href')
     assert "/trace/?q=hubspot-eu%3Adeal%3A900000" in trace
 

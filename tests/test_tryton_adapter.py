@@ -328,6 +328,21 @@ def test_compensate_cancels_and_is_idempotent(adapter, rpc):
     assert info.credited_total == "0.00"
 
 
+def test_compensate_draft_sale_cancels(adapter, rpc):
+    key = new_key()
+    plan = adapter._plan(command(two_line_order(), key), write=True)
+    sale_id = adapter._create_sale(plan)
+
+    first = adapter.compensate({"reference": f"sale.sale:{sale_id}"})
+    second = adapter.compensate({"reference": f"sale.sale:{sale_id}"})
+
+    assert first["actions"] == ["cancelled_sale"]
+    assert second["status"] == "already_compensated"
+    (sale,) = rpc.model("sale.sale", "read", [sale_id], ["state"])
+    assert sale["state"] == "cancelled"
+    assert adapter.find_existing(key) is None
+
+
 def test_compensate_posted_invoice_credits(adapter, rpc, tryton_server):
     posting = get_adapter(
         Destination(

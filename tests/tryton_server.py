@@ -8,6 +8,7 @@ script's hash and the trytond version. Each test session copies that file
 
 import fcntl
 import logging
+import secrets
 import shutil
 import signal
 import socket
@@ -21,12 +22,10 @@ import requests
 from syncflows.management.commands.setup_tryton import (
     ADMIN_LOGIN,
     TRYTON_DIR,
+    TrytonDatabase,
     prepare_database,
     setup_script_version,
     write_config,
-)
-from syncflows.management.commands.setup_tryton import (
-    TrytonDatabase as _Database,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def cached_database() -> tuple[Path, Path]:
 
 def _build(database: Path, password: Path, key: str) -> None:
     started = time.monotonic()
-    password.write_text(f"meshline-test-{key[:8]}-admin\n")
+    password.write_text(secrets.token_urlsafe(18) + "\n")
     build_name = f"build-{key}"
     build_file = CACHE_DIR / f"{build_name}.sqlite"
     prepare_database(
@@ -72,6 +71,11 @@ def _build(database: Path, password: Path, key: str) -> None:
         log=logger.info,
     )
     build_file.rename(database)
+    (CACHE_DIR / f"{build_name}.conf").unlink()
+    # Databases built by earlier versions of the set-up script are never used again.
+    for stale in [*CACHE_DIR.glob("meshline-*"), *CACHE_DIR.glob("build-*")]:
+        if key not in stale.name:
+            stale.unlink()
     logger.info(
         "Built the cached Tryton database in %.1f s", time.monotonic() - started
     )
@@ -99,7 +103,9 @@ class TrytonServer:
         self.config = self.workdir / "trytond.conf"
         write_config(
             self.config,
-            _Database(uri="sqlite://", name=DATABASE_NAME, sqlite_dir=self.workdir),
+            TrytonDatabase(
+                uri="sqlite://", name=DATABASE_NAME, sqlite_dir=self.workdir
+            ),
             f"127.0.0.1:{self.port}",
         )
         self.log_path = self.workdir / "trytond.log"

@@ -106,14 +106,14 @@ def allowed_actions(user, case) -> dict[str, bool]:
     return {action: True for action, ok in allowed.items() if ok}
 
 
-def detail_rows(detail, prefix: str = "") -> list[tuple[str, str]]:
-    """Flatten the case detail into (label, value) rows for a two-column table.
+def detail_rows(detail, prefix: str = "") -> list[tuple[str, str, bool]]:
+    """Flatten the case detail into (label, value, is_json) table rows.
 
-    Nested objects become dotted labels; lists of plain values are joined and
-    anything else is shown as indented JSON.
+    Nested objects become dotted labels. Lists of plain values are joined, and
+    anything else is shown as indented JSON, for which ``is_json`` is True.
     """
     if not isinstance(detail, dict):
-        return [(prefix or "Detail", format_value(detail))] if detail else []
+        return [(prefix or "Detail", *format_value(detail))] if detail else []
     rows = []
     for key in sorted(detail):
         label = f"{prefix}.{key}" if prefix else str(key)
@@ -121,17 +121,19 @@ def detail_rows(detail, prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(value, dict) and value:
             rows.extend(detail_rows(value, label))
         else:
-            rows.append((label, format_value(value)))
+            rows.append((label, *format_value(value)))
     return rows
 
 
-def format_value(value) -> str:
+def format_value(value) -> tuple[str, bool]:
+    """Return the text of one detail value and whether it is indented JSON."""
     if value is None:
-        return "—"
+        return "—", False
     if isinstance(value, str | int | float | bool):
-        return str(value)
+        return str(value), False
     if isinstance(value, list) and all(
         isinstance(item, str | int | float) for item in value
     ):
-        return ", ".join(str(item) for item in value) or "—"
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+        return ", ".join(str(item) for item in value) or "—", False
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    return text, True

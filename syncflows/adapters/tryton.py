@@ -62,8 +62,10 @@ INVOICE_FIELDS = [
     "reconciled",
     "lines",
 ]
-# Sale states after confirm; a sale still in draft or quotation was left
+# Sale states after confirm. A sale still in draft or quotation was left
 # half-done by an interrupted execute, which resumes it.
+# NOTE: a compensated sale that was already processed stays "done" in Tryton,
+# so find_existing still returns it; only a cancelled sale frees its key.
 FINISHED_SALE_STATES = ("confirmed", "processing", "done")
 DRAFT_INVOICE_STATES = ("draft", "validated")
 

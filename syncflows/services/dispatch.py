@@ -14,6 +14,7 @@ import socket
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -97,7 +98,16 @@ def run_command(command_id: int, worker: str) -> str:
             "create_missing_customers": command.brief_version.brief.create_missing_customers
         },
     )
-    adapter = _adapter_for(command.destination)
+    try:
+        adapter = _adapter_for(command.destination)
+    except ImproperlyConfigured as exc:
+        # Retrying cannot help until an admin fixes the destination.
+        error = AdapterError(
+            "erp_unavailable",
+            f"Destination {command.destination.slug} is misconfigured: {exc} "
+            "Fix it in admin, then retry.",
+        )
+        return _fail(command, worker, attempt, error)
     try:
         if command.mode == Command.Mode.DRY_RUN:
             preflight = adapter.preflight(data)

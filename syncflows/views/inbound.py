@@ -48,7 +48,9 @@ def inbound(request, slug: str):
     body = request.body
     if len(body) > limit:
         return kind.rejected_response(
-            DeliveryRejected("too_large", f"The body is over the limit of {limit} bytes.", 413)
+            DeliveryRejected(
+                "too_large", f"The body is over the limit of {limit} bytes.", 413
+            )
         )
     delivery_request = DeliveryRequest(
         method=request.method,

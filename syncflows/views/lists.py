@@ -64,7 +64,7 @@ def render_filtered_list(
 
 
 def label_range_inputs(form) -> None:
-    """Give both inputs of every range filter an accessible name and an example.
+    """Give both inputs of every range filter an accessible name and a format hint.
 
     A range widget renders two inputs under one label, so the second input
     would have no name for a screen reader without these attributes.
@@ -77,7 +77,6 @@ def label_range_inputs(form) -> None:
         is_time = isinstance(field, forms.MultiValueField) and isinstance(
             field.fields[0], forms.DateTimeField
         )
-        example = "e.g. 2026-12-01 09:30" if is_time else ""
         for subwidget, end in zip(widget.widgets, ("from", "to"), strict=True):
             subwidget.attrs["aria-label"] = f"{field.label} {end} ({zone})"
-            subwidget.attrs["placeholder"] = f"{end.capitalize()} {example}".strip()
+            subwidget.attrs["placeholder"] = "YYYY-MM-DD HH:MM" if is_time else end

@@ -89,8 +89,10 @@ def delivery_detail(request, pk):
         ),
         pk=pk,
     )
-    events = delivery.events.select_related("connector").defer(
-        "payload", *CONNECTOR_SECRETS
+    events = (
+        delivery.events.select_related("connector")
+        .defer("payload", *CONNECTOR_SECRETS)
+        .order_by("position")
     )
     show_body = roles.has_role(request.user, *RAW_BODY_ROLES)
     context = {
