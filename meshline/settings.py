@@ -128,6 +128,9 @@ MESHLINE_MAX_ATTEMPTS = env_int("MESHLINE_MAX_ATTEMPTS", 8, minimum=1)
 MESHLINE_BACKOFF_BASE_SECONDS = env_int("MESHLINE_BACKOFF_BASE_SECONDS", 2, minimum=0)
 MESHLINE_BACKOFF_MAX_SECONDS = env_int("MESHLINE_BACKOFF_MAX_SECONDS", 900, minimum=1)
 MESHLINE_CLAIM_TIMEOUT_SECONDS = env_int("MESHLINE_CLAIM_TIMEOUT_SECONDS", 300, minimum=5)
+# Threads per worker that send commands of different records at once; an ERP
+# that answers slowly (Tryton takes about 0.6 s a sale) needs several.
+MESHLINE_DISPATCH_CONCURRENCY = env_int("MESHLINE_DISPATCH_CONCURRENCY", 4, minimum=1)
 # Run the pipeline inside the request instead of on a worker. Tests and the
 # ingest command use it; a live console leaves it off.
 MESHLINE_SYNC_PIPELINE = env_bool("MESHLINE_SYNC_PIPELINE", False)

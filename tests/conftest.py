@@ -101,3 +101,9 @@ class Sender:
 @pytest.fixture
 def send(client, django_capture_on_commit_callbacks):
     return Sender(client, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture(autouse=True)
+def serial_dispatch(settings):
+    """Dispatch in the test's own thread, so it sees the test's transaction."""
+    settings.MESHLINE_DISPATCH_CONCURRENCY = 1
