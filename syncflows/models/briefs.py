@@ -70,6 +70,14 @@ class BriefVersion(models.Model):
             "(for example line items that have not arrived) instead of failing."
         ),
     )
+    read_back = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "What to read back from the CRM before mapping, when the delivery does "
+            'not carry it, e.g. {"properties": ["amount"], "associations": ["line_items"]}.'
+        ),
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

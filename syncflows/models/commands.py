@@ -52,6 +52,7 @@ class Command(models.Model):
         FAILED = "failed", "Failed"
         SUPERSEDED = "superseded", "Superseded"
         COMPENSATED = "compensated", "Compensated"
+        HELD = "held", "Held for review"
 
     OPEN_STATES = (State.PENDING, State.SENT, State.RETRY_SCHEDULED)
 

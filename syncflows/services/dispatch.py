@@ -24,7 +24,12 @@ from django.utils import timezone
 from syncflows.adapters import AdapterError, CommandData, get_adapter
 from syncflows.models import Command, LedgerEntry
 from syncflows.services import ledger
-from syncflows.services.failures import Failure, report_failure, report_success
+from syncflows.services.failures import (
+    Failure,
+    check_dispatch_guards,
+    report_failure,
+    report_success,
+)
 
 logger = logging.getLogger(__name__)
 Step = LedgerEntry.Step
@@ -106,6 +111,9 @@ def run_command(command_id: int, worker: str) -> str:
             "create_missing_customers": command.brief_version.brief.create_missing_customers
         },
     )
+    verdict = check_dispatch_guards(command)
+    if verdict is not None:
+        return _hold(command, worker, *verdict)
     try:
         adapter = _adapter_for(command.destination)
     except ImproperlyConfigured as exc:
@@ -184,6 +192,65 @@ def _succeed(command, worker, attempt, result, preflight, *, dry_run=False, foun
         report_success(command)
     logger.info("Command %s succeeded: %s", command.pk, stored.get("document_number", "dry run"))
     return Command.State.SUCCEEDED
+
+
+def _hold(command, worker, reason_code: str, message: str) -> str:
+    """Keep a command out of the ERP until a person releases it; nothing is lost."""
+    with transaction.atomic():
+        if not _finish(
+            command, worker, state=Command.State.HELD, reason_code=reason_code, last_error=message
+        ):
+            return Command.State.SENT
+        ledger.write(
+            Step.FAIL,
+            f"Held before sending: {message}",
+            ok=False,
+            reason_code=reason_code,
+            record_key=command.record.record_key,
+            command=command,
+        )
+        report_failure(
+            Failure(
+                reason_code=reason_code,
+                message=message,
+                record_key=command.record.record_key,
+                detail={"payload": command.payload, "held": True},
+                command=command,
+                brief=command.brief_version.brief,
+                destination=command.destination,
+                business_unit=command.record.business_unit,
+            )
+        )
+    logger.warning("Command %s held: %s", command.pk, reason_code)
+    return Command.State.HELD
+
+
+def release_held(command_ids, *, acting_user) -> int:
+    """Queue held commands again after review; each is sent once."""
+    from meshline.roles import require
+
+    require(acting_user, "retry_command")
+    now = timezone.now()
+    released = 0
+    for command in Command.objects.filter(pk__in=list(command_ids), state=Command.State.HELD).select_related("record"):
+        with transaction.atomic():
+            if Command.objects.filter(pk=command.pk, state=Command.State.HELD).update(
+                state=Command.State.PENDING, next_attempt_at=now, claimed_by="", updated_at=now
+            ):
+                released += 1
+                ledger.write(
+                    Step.ACTION,
+                    f"{acting_user} released held command {command.pk}.",
+                    record_key=command.record.record_key,
+                    command=command,
+                    actor=acting_user,
+                )
+    if released:
+        from syncflows.tasks import enqueue_dispatch
+
+        enqueue_dispatch()
+    logger.info("User %s released %s held command(s)", acting_user.pk, released)
+    return released
 
 
 def backoff_seconds(attempt: int, retry_after: float | None) -> float:

@@ -74,3 +74,21 @@ def register_success_handler(handler) -> None:
 def report_success(command) -> None:
     for handler in _success_handlers:
         handler(command)
+
+
+_dispatch_guards = []
+
+
+def register_dispatch_guard(guard) -> None:
+    """Register ``guard(command) -> (reason_code, message) | None``, asked before
+    each command is sent. A non-None answer holds the command for review."""
+    if guard not in _dispatch_guards:
+        _dispatch_guards.append(guard)
+
+
+def check_dispatch_guards(command):
+    for guard in _dispatch_guards:
+        verdict = guard(command)
+        if verdict is not None:
+            return verdict
+    return None

@@ -197,6 +197,10 @@ def run_brief(version, change, record, config, *, trigger=None):
                 _row(Step.WAIT, f"Brief {version} is waiting: its ready condition is false.", record, change)
             )
         else:
+            if version.read_back:
+                from syncflows.services.readback import read_back
+
+                read_back(record, version, evaluator, rows)
             payload = transform(evaluator, version)
             rows.append(_row(Step.TRANSFORM, f"Mapped by {version}.", record, change, after=payload))
             validate(evaluator, version, payload)

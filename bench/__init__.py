@@ -1,0 +1,1 @@
+"""Benchmark scripts for Meshline; run them all with ``bench/run``."""
