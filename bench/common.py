@@ -6,6 +6,7 @@ stopping it also stops the processes it forked, and nothing else.
 
 import base64
 import json
+import math
 import os
 import signal
 import socket
@@ -172,7 +173,7 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
 
 

@@ -17,7 +17,8 @@ REASON_CODE_CHOICES = [(code, title) for code, (title, _fix) in REASONS.items()]
 
 def connector_filter() -> django_filters.ModelChoiceFilter:
     return django_filters.ModelChoiceFilter(
-        queryset=Connector.objects.all(),
+        # Only the columns the choices need: the encrypted secrets stay unread.
+        queryset=Connector.objects.only("pk", "slug", "name"),
         to_field_name="slug",
         label="Connector",
         help_text="Connector slug.",
@@ -27,7 +28,7 @@ def connector_filter() -> django_filters.ModelChoiceFilter:
 def destination_filter(field_name: str = "destination"):
     return django_filters.ModelChoiceFilter(
         field_name=field_name,
-        queryset=Destination.objects.all(),
+        queryset=Destination.objects.only("pk", "slug", "name"),
         to_field_name="slug",
         label="Destination",
         help_text="Destination slug.",

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -37,6 +38,9 @@ def subprocess_env(**extra: str) -> dict:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url(),
+        # Connector secrets are encrypted under a key derived from SECRET_KEY,
+        # and DEBUG alone gives every process a random one.
+        SECRET_KEY=settings.SECRET_KEY,
         DJANGO_SETTINGS_MODULE="meshline.settings",
         DEBUG="1",
         MESHLINE_SYNC_PIPELINE="0",
