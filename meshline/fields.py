@@ -8,11 +8,38 @@ set. Rotating the key needs the old values re-saved; see the README.
 import base64
 import hashlib
 import json
+import logging
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+
+
+logger = logging.getLogger(__name__)
+
+
+class Unreadable:
+    """A stored secret that the current key cannot decrypt."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __bool__(self):
+        return False
+
+    def reveal(self):
+        raise ImproperlyConfigured(
+            f"The secret stored in {self.where} cannot be decrypted: MESHLINE_SECRETS_KEY "
+            "or SECRET_KEY changed since it was saved. Enter the secret again in admin."
+        )
+
+
+def reveal(value):
+    """Return a stored secret value, raising if it cannot be decrypted."""
+    if isinstance(value, Unreadable):
+        value.reveal()
+    return value
 
 
 def _fernet() -> Fernet:
@@ -29,11 +56,11 @@ class EncryptedJSONField(models.TextField):
             return None
         try:
             plain = _fernet().decrypt(value.encode())
-        except InvalidToken as exc:
-            raise ImproperlyConfigured(
-                f"A stored secret in {self.model.__name__}.{self.name} cannot be "
-                "decrypted: MESHLINE_SECRETS_KEY or SECRET_KEY changed since it was saved."
-            ) from exc
+        except InvalidToken:
+            # Rows stay readable for pages that never use the secret; using it
+            # raises with the reason (see Unreadable.reveal).
+            logger.error("A stored secret in %s.%s cannot be decrypted", self.model.__name__, self.name)
+            return Unreadable(f"{self.model.__name__}.{self.name}")
         return json.loads(plain)
 
     def to_python(self, value):
@@ -44,4 +71,6 @@ class EncryptedJSONField(models.TextField):
     def get_prep_value(self, value):
         if value is None:
             return None
+        if isinstance(value, Unreadable):
+            value.reveal()
         return _fernet().encrypt(json.dumps(value).encode()).decode()

@@ -23,7 +23,15 @@ if not SECRET_KEY:
             "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long "
             "random string, or set DEBUG=1 to run with a generated development key."
         )
-    SECRET_KEY = "dev-" + get_random_secret_key()
+    # The development key is kept in a file so that every process of the demo
+    # (web, worker, management commands) shares it: stored secrets are
+    # encrypted under it and must stay readable across restarts.
+    _dev_key_file = BASE_DIR / "var" / "dev-secret-key"
+    if not _dev_key_file.exists():
+        _dev_key_file.parent.mkdir(parents=True, exist_ok=True)
+        _dev_key_file.write_text("dev-" + get_random_secret_key(), encoding="utf-8")
+        _dev_key_file.chmod(0o600)
+    SECRET_KEY = _dev_key_file.read_text(encoding="utf-8").strip()
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

@@ -105,3 +105,13 @@ def test_xml_rejected_for_wrong_org(demo, send):
     assert response.status_code == 403
     assert b"Fault" in response.content
     assert Delivery.objects.get().status == "rejected"
+
+
+def test_unreadable_secret_keeps_delivery(demo, send, settings):
+    body = (FIXTURES / "hubspot_webhook_v3_deal_events.json").read_bytes()
+    settings.SECRET_KEY = "a-different-key-than-the-one-that-encrypted-the-secrets"
+    response = send.hubspot(body)
+    assert response.status_code == 503
+    assert response.json()["code"] == "secret_unreadable"
+    assert "Enter the secret again" in response.json()["message"]
+    assert Delivery.objects.get().status == "rejected"

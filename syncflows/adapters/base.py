@@ -20,7 +20,7 @@ REASONS = {
         "Add the missing row to the lookup table, then retry.",
     ),
     "master_data_missing": (
-        "The ERP does not know the customer or product",
+        "The ERP does not know a customer, product or currency",
         "Create or link the record in the ERP, then retry.",
     ),
     "acceptance_failed": (

@@ -9,7 +9,9 @@ How a ``sales_order.create`` command maps onto Tryton:
   Unit and taxes come from the read-only ``sale.line.on_change`` call, because
   RPC ``create`` does not fill derived values.
 - ``sale.reference`` stores the idempotency key, ``sale.description`` the
-  CRM reference, and ``sale.sale_date`` the close date unchanged.
+  CRM reference, and ``sale.sale_date`` the close date unchanged. A command
+  without a close date leaves it empty, and Tryton's ``confirm`` sets the
+  company's current date.
 - A discounted line is sent as the undiscounted line plus an explicit discount
   line (no product, the same taxes, a negative unit price). Tryton rounds unit
   prices to 4 digits, and rounding the discounted price first gives a wrong
@@ -388,6 +390,8 @@ class TrytonAdapter(Adapter):
         )
         if party_id is None:
             plan.notes.append("The customer would be created on execute.")
+        if header["sale_date"] is None:
+            plan.notes.append("No close date: Tryton sets the date of confirmation.")
         defaults = {}
         for number, line in enumerate(lines, start=1):
             plan.lines += self._sale_lines(plan, line, number, products, defaults)
@@ -453,13 +457,7 @@ class TrytonAdapter(Adapter):
 
     def _header(self, command: CommandData, currency: Currency, party_id) -> dict:
         payload = command.payload
-        try:
-            sale_date = date.fromisoformat(payload.get("close_date") or "")
-        except ValueError:
-            raise AdapterError(
-                "schema_invalid",
-                f"The close date {payload.get('close_date')!r} is not an ISO date.",
-            ) from None
+        sale_date = _sale_date(payload.get("close_date"))
         header = {
             "company": self._company_id(),
             "currency": currency.id,
@@ -829,6 +827,18 @@ def _parse_reference(reference: str, model: str) -> int:
             f"{reference!r} is not a Tryton reference of the form {model}:<id>.",
         )
     return int(reference[len(prefix) :])
+
+
+def _sale_date(close_date) -> date | None:
+    """Parse the close date; without one, Tryton's confirm sets today's date."""
+    if close_date in (None, ""):
+        return None
+    try:
+        return date.fromisoformat(close_date)
+    except (TypeError, ValueError):
+        raise AdapterError(
+            "schema_invalid", f"The close date {close_date!r} is not an ISO date."
+        ) from None
 
 
 def _has_discount(line: dict) -> bool:

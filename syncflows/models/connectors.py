@@ -1,6 +1,6 @@
 from django.db import models
 
-from meshline.fields import EncryptedJSONField
+from meshline.fields import EncryptedJSONField, reveal
 
 
 class Connector(models.Model):
@@ -61,5 +61,5 @@ class Connector(models.Model):
 
     @property
     def secret_list(self) -> list[str]:
-        value = self.secrets or []
+        value = reveal(self.secrets) or []
         return [value] if isinstance(value, str) else list(value)

@@ -21,6 +21,7 @@ from django.db import connection, connections, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from meshline.fields import reveal
 from syncflows.adapters import AdapterError, CommandData, get_adapter
 from syncflows.models import Command, LedgerEntry
 from syncflows.services import ledger
@@ -49,6 +50,7 @@ def _adapter_for(destination):
         adapters = _local.adapters = {}
     cached = adapters.get(destination.pk)
     if cached is None or cached.destination.settings != destination.settings:
+        reveal(destination.credentials)  # an unreadable secret fails here, clearly
         cached = get_adapter(destination)
         adapters[destination.pk] = cached
     return cached

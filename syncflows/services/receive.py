@@ -9,6 +9,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils.datastructures import CaseInsensitiveMapping
 
@@ -60,7 +61,11 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
     content_hash = hashlib.sha256(request.body).hexdigest()
     try:
         if not request.verified:
-            kind.verify(connector, request)
+            try:
+                kind.verify(connector, request)
+            except ImproperlyConfigured as exc:
+                # Meshline's own fault: keep the delivery and let the CRM retry.
+                raise DeliveryRejected("secret_unreadable", str(exc), status=503) from exc
     except DeliveryRejected as exc:
         delivery = _store_failed(connector, request, content_hash, Delivery.Status.REJECTED, exc, replay_of)
         logger.warning(
