@@ -58,6 +58,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "meshline.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -112,17 +113,41 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Hashed, compressed static files need ``collectstatic`` first; production
+# uses them, development and tests serve the source files.
+STATIC_MANIFEST = env_bool("MESHLINE_STATIC_MANIFEST", not DEBUG)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": (
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
-            if not DEBUG
+            if STATIC_MANIFEST
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
 }
-WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
+
+# HTTPS-only cookies, HSTS and the proxy header are on whenever DEBUG is off;
+# each can be switched off for a plain-HTTP test set-up.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+# The proxy in front of gunicorn terminates TLS and says so in this header.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+# Only the console's own scripts, styles and images; no CDN, no inline code.
+# Plotly sets element styles from script, which style-src does not govern.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'; object-src 'none'"
+)
 
 # Requests to the inbound endpoints larger than this are answered 413 and not
 # stored. Django's own limit is raised to match, so the connector sees the body.
@@ -220,3 +245,31 @@ LOGGING = {
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "meshline@localhost")
+
+# Exception lanes. SLA clocks of lanes that count business hours use this
+# calendar: opening hours as HH:MM-HH:MM in the time zone, working days as
+# three-letter English day names, and holidays as ISO dates (YYYY-MM-DD).
+MESHLINE_BUSINESS_TIME_ZONE = env_str("MESHLINE_BUSINESS_TIME_ZONE", TIME_ZONE)
+MESHLINE_BUSINESS_HOURS = env_str("MESHLINE_BUSINESS_HOURS", "09:00-17:00")
+MESHLINE_BUSINESS_DAYS = env_list("MESHLINE_BUSINESS_DAYS", ["mon", "tue", "wed", "thu", "fri"])
+MESHLINE_HOLIDAYS = env_list("MESHLINE_HOLIDAYS", [])
+# Escalation: a reminder this many minutes before the SLA is breached, the
+# reassignment to the Triage Lead group at the breach, and an executive
+# notification this many minutes after the breach.
+MESHLINE_REMINDER_BEFORE_MINUTES = env_int("MESHLINE_REMINDER_BEFORE_MINUTES", 120, minimum=1)
+MESHLINE_EXECUTIVE_AFTER_MINUTES = env_int("MESHLINE_EXECUTIVE_AFTER_MINUTES", 480, minimum=1)
+MESHLINE_EXECUTIVE_EMAILS = env_list("MESHLINE_EXECUTIVE_EMAILS", [])
+# A Slack-compatible incoming webhook URL is a secret: set it through
+# MESHLINE_SLACK_WEBHOOK_URL_FILE in production. Empty sends no Slack messages.
+MESHLINE_SLACK_WEBHOOK_URL = env_str("MESHLINE_SLACK_WEBHOOK_URL", "")
+MESHLINE_NOTIFICATION_MAX_ATTEMPTS = env_int("MESHLINE_NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1)
+# Bulk actions on more cases than this run on a worker, with a progress bar.
+MESHLINE_BULK_INLINE_LIMIT = env_int("MESHLINE_BULK_INLINE_LIMIT", 25, minimum=0)
+
+# Reporting: reconciliation and schema drift.
+# Orders reconciled per transaction; a crash loses at most one batch of work.
+MESHLINE_RECONCILIATION_BATCH = env_int("MESHLINE_RECONCILIATION_BATCH", 500, minimum=1)
+# Days of synced orders that the nightly reconciliation checks.
+MESHLINE_RECONCILIATION_DAYS = env_int("MESHLINE_RECONCILIATION_DAYS", 35, minimum=1)
+# Hours of record changes that the nightly drift check compares.
+MESHLINE_DRIFT_WINDOW_HOURS = env_int("MESHLINE_DRIFT_WINDOW_HOURS", 24, minimum=1)

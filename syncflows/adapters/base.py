@@ -55,6 +55,29 @@ REASONS = {
         "An older change arrived after a newer one",
         "Nothing to do: the newer state was kept.",
     ),
+    "reconciliation_mismatch": (
+        "The ERP invoice does not match the CRM deal",
+        "Compare the CRM amount and currency with the invoice; correct the invoice "
+        "with a credit note or correct the deal, then dismiss.",
+    ),
+    "invoice_missing": (
+        "The ERP has no invoice for a synced order",
+        "Check whether the invoice was deleted or cancelled in the ERP; recreate it "
+        "there, or compensate and replay the order.",
+    ),
+    "orphan_document": (
+        "An ERP sales document has no CRM deal",
+        "Find who created the document in the ERP; link it to a deal or cancel it.",
+    ),
+    "crm_unavailable": (
+        "The CRM could not be reached to read the record back",
+        "Check the connector health page. Meshline retries the read by itself; "
+        "retry the case once the CRM answers again.",
+    ),
+    "record_deleted": (
+        "A deal that was synced to the ERP was deleted in the CRM",
+        "Decide whether the ERP order should be cancelled: compensate it, or dismiss the case.",
+    ),
 }
 
 
