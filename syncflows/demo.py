@@ -9,6 +9,8 @@ import json
 
 from django.db import transaction
 
+from meshline.fields import Unreadable
+
 from syncflows.models import (
     Brief,
     BriefVersion,
@@ -276,7 +278,9 @@ def load_demo_configuration(destination_adapter: str = "sandbox", destination_se
         slug = spec.pop("slug")
         connector, _ = Connector.objects.update_or_create(slug=slug, defaults=spec)
         secret = DEMO_SECRETS.get(slug)
-        if secret and secret not in connector.secret_list:
+        # A demo secret under an older key is unreadable; replace it.
+        unreadable = isinstance(connector.secrets, Unreadable)
+        if secret and (unreadable or secret not in connector.secret_list):
             connector.secrets = [secret]
             connector.save(update_fields=["secrets"])
         connectors[slug] = connector

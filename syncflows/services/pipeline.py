@@ -32,26 +32,38 @@ class RunFailed(Exception):
         self.detail = detail or {}
 
 
+BATCH_SIZE = 50
+
+
 def process_changes(change_ids, config=None) -> list[int]:
-    """Process each change in its own transaction; return the queued command ids."""
+    """Process changes in batches; return the queued command ids.
+
+    A batch commits once, and each change runs in its own savepoint, so a
+    change that fails rolls back alone and stays ``applied`` for the sweep.
+    """
     config = config or load_config()
     command_ids = []
-    for change_id in change_ids:
-        try:
-            command_ids.extend(process_change(change_id, config))
-        except Exception:
-            # One broken change must not stop the batch; the sweep retries it.
-            logger.exception("Processing record change %s failed", change_id)
+    ids = list(change_ids)
+    for start in range(0, len(ids), BATCH_SIZE):
+        with transaction.atomic():
+            for change_id in ids[start : start + BATCH_SIZE]:
+                try:
+                    command_ids.extend(process_change(change_id, config))
+                except Exception:
+                    # One broken change must not stop the batch.
+                    logger.exception("Processing record change %s failed", change_id)
     return command_ids
 
 
 def process_change(change_id: int, config) -> list[int]:
     with transaction.atomic():
-        record_id = RecordChange.objects.values_list("record_id", flat=True).get(pk=change_id)
-        record = SourceRecord.objects.select_for_update().select_related("connector").get(
-            pk=record_id
-        )
         change = RecordChange.objects.select_related("event").get(pk=change_id)
+        record = SourceRecord.objects.select_for_update().select_related("connector").get(
+            pk=change.record_id
+        )
+        # Read the status again under the record's lock: another worker may
+        # have processed this change while this one waited for the lock.
+        change.status = RecordChange.objects.values_list("status", flat=True).get(pk=change_id)
         if change.status != RecordChange.Status.APPLIED:
             return []  # already processed, for example by a duplicate task message
         command_ids = _match_and_run(change, record, config)
@@ -119,17 +131,37 @@ def _match_and_run(change, record, config) -> list[int]:
     change.status = RecordChange.Status.MATCHED
     command_ids = []
     for trigger in matched:
-        ledger.write(
+        matched_row = ledger.build(
             Step.MATCH,
             f"Trigger {trigger.slug} matched revision {change.revision}.",
             record_key=record.record_key,
             event_id=change.event_id,
         )
-        for version in config.versions_by_trigger.get(trigger.pk, []):
-            command = run_brief(version, change, record, config, trigger=trigger)
+        business_unit = record.business_unit or record.connector.business_unit
+        versions = config.versions_for(trigger.pk, business_unit)
+        if not versions:
+            LedgerEntry.objects.bulk_create([matched_row])
+        for index, version in enumerate(versions):
+            first_rows = [matched_row] if index == 0 else None
+            command = run_brief(
+                version, change, record, config, trigger=trigger, first_rows=first_rows
+            )
             if command is not None:
                 command_ids.append(command.pk)
+        _run_shadows(trigger, change, record, config, business_unit)
     return command_ids
+
+
+def _run_shadows(trigger, change, record, config, business_unit) -> None:
+    """Map the change with every shadow version too; their commands are only stored."""
+    shadows = config.shadows_by_trigger.get(trigger.pk)
+    if not shadows:
+        return
+    from syncflows.services.shadow import record_shadow
+
+    for version in shadows:
+        live = config.live_version(version.brief_id, business_unit)
+        record_shadow(version, change, record, config, live)
 
 
 def _rerun_waiting(parent_id: int, config) -> list[int]:
@@ -169,6 +201,12 @@ def mapping_variables(record, change, children=None) -> dict:
     }
 
 
+def _uses_children(version) -> bool:
+    sources = [*map(str, version.mapping.values()), version.ready_condition or ""]
+    sources += [str(check.get("expression", "")) for check in version.acceptance or []]
+    return any("children" in source for source in sources) or bool(version.read_back)
+
+
 def load_children(record) -> dict:
     children: dict[str, list] = {}
     rows = SourceRecord.objects.filter(parent=record, is_deleted=False).order_by("record_id")
@@ -177,8 +215,11 @@ def load_children(record) -> dict:
     return children
 
 
-def run_brief(version, change, record, config, *, trigger=None):
-    """Apply one brief version to one change; return the queued Command or None."""
+def run_brief(version, change, record, config, *, trigger=None, first_rows=None):
+    """Apply one brief version to one change; return the queued Command or None.
+
+    ``first_rows`` are ledger rows to write before this run's own, in the same
+    bulk insert."""
     rows: list[LedgerEntry] = []
     run = SyncRun(
         brief_version=version,
@@ -186,8 +227,9 @@ def run_brief(version, change, record, config, *, trigger=None):
         record=record,
         trigger_version=trigger.current_version if trigger else None,
     )
+    children = load_children(record) if _uses_children(version) else {}
     evaluator = Evaluator(
-        mapping_variables(record, change), config.lookups, config.missing_reasons
+        mapping_variables(record, change, children), config.lookups, config.missing_reasons
     )
     command = None
     try:
@@ -230,7 +272,7 @@ def run_brief(version, change, record, config, *, trigger=None):
     for row in rows:
         row.run = run
         row.command = row.command or command
-    LedgerEntry.objects.bulk_create(rows)
+    LedgerEntry.objects.bulk_create([*(first_rows or []), *rows])
     if run.state == SyncRun.State.FAILED:
         _report_run_failure(run, version, record, change)
     elif run.state in (SyncRun.State.QUEUED, SyncRun.State.UNCHANGED):
@@ -380,7 +422,9 @@ def rerun(run_id: int, *, use_active_version: bool = False):
         )
         version, change = run.brief_version, run.change
         if use_active_version:
-            version = version.brief.active_version
+            # The version that now runs for the record's business unit, a canary included.
+            business_unit = record.business_unit or record.connector.business_unit
+            version = config.live_version(version.brief_id, business_unit)
             if version is None:
                 raise RunFailed("schema_invalid", f"Brief {run.brief_version.brief} has no active version.")
             change = record.changes.exclude(status=RecordChange.Status.STALE).order_by("-id").first()
