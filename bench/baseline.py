@@ -4,9 +4,9 @@ For every table the timed run wrote, a copy is made with
 ``CREATE TABLE ... (LIKE ... INCLUDING ALL)``: the same columns, defaults,
 indexes and unique constraints, without foreign keys. The timed part then
 writes the same rows per event that the pipeline wrote, copied from the
-pipeline's own rows, 100 events to a transaction: one multi-row INSERT per
-table, then an executemany UPDATE per table, where the pipeline updated
-rows. Updates of a table that also gets inserts go to the rows just
+pipeline's own rows, 100 events to a transaction. Each transaction sends one
+multi-row INSERT per table, then one executemany UPDATE per table where the
+pipeline updated rows. Updates of a table that also gets inserts go to the rows just
 inserted, as the pipeline updates the commands and orders it has just
 created.
 """
@@ -51,15 +51,17 @@ def _prepare(cursor, name: str, inserts: int, updates: int) -> TablePlan | None:
     cursor.execute(COLUMNS_SQL, [name])
     columns = cursor.fetchall()
     if ("id", "YES") not in columns:
-        print(f"  baseline skips {name}: it has no identity column named id", flush=True)
+        print(
+            f"  baseline skips {name}: it has no identity column named id", flush=True
+        )
         return None
     plan = TablePlan(name, inserts, updates)
     plan.columns = [column for column, _ in columns if column != "id"]
     cursor.execute(f'DROP TABLE IF EXISTS "{plan.copy}"')
     cursor.execute(f'CREATE TABLE "{plan.copy}" (LIKE "{name}" INCLUDING ALL)')
     names = ", ".join(f'"{column}"' for column in plan.columns)
-    wanted = max(inserts, updates if not inserts else 0)
-    cursor.execute(f'SELECT {names} FROM "{name}" ORDER BY id DESC LIMIT %s', [wanted])
+    needed = max(inserts, updates if not inserts else 0)
+    cursor.execute(f'SELECT {names} FROM "{name}" ORDER BY id DESC LIMIT %s', [needed])
     rows = cursor.fetchall()
     if inserts:
         plan.rows = rows[:inserts]
@@ -81,7 +83,9 @@ def _write_chunk(cursor, plan: TablePlan, chunk: int, chunks: int) -> None:
     inserted: list[int] = []
     rows = plan.rows[_share(len(plan.rows), chunk, chunks)] if plan.inserts else []
     if rows:
-        cursor.execute(plan.insert_sql(len(rows)), [value for row in rows for value in row])
+        cursor.execute(
+            plan.insert_sql(len(rows)), [value for row in rows for value in row]
+        )
         inserted = [row_id for (row_id,) in cursor.fetchall()]
     updates = _share(plan.updates, chunk, chunks)
     count = updates.stop - updates.start
@@ -100,7 +104,9 @@ def _write_chunk(cursor, plan: TablePlan, chunk: int, chunks: int) -> None:
     cursor.executemany(plan.update_sql(), params)
 
 
-def run(writes: dict[str, tuple[int, int, int]], events: int, per_transaction: int = 100) -> float:
+def run(
+    writes: dict[str, tuple[int, int, int]], events: int, per_transaction: int = 100
+) -> float:
     """Write the rows of ``writes`` (table: inserted, updated, deleted) into
     copies of their tables; return the seconds the writes took."""
     from django.db import connection, transaction
@@ -109,7 +115,10 @@ def run(writes: dict[str, tuple[int, int, int]], events: int, per_transaction: i
     with connection.cursor() as cursor:
         for name, (inserts, updates, deletes) in sorted(writes.items()):
             if deletes:
-                print(f"  baseline leaves out {deletes} deleted rows of {name}", flush=True)
+                print(
+                    f"  baseline leaves out {deletes} deleted rows of {name}",
+                    flush=True,
+                )
             plan = _prepare(cursor, name, inserts, updates)
             if plan is not None:
                 plans.append(plan)

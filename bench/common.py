@@ -32,6 +32,9 @@ DEFAULT_ENV = {
     "SECRET_KEY": "bench-only-secret-key-not-for-production",
     "LOG_LEVEL": "WARNING",
     "MESHLINE_SYNC_PIPELINE": "0",
+    # The benchmarks send plain HTTP on the loopback. In production a proxy in
+    # front of gunicorn terminates TLS, which is not part of the measurement.
+    "SECURE_SSL_REDIRECT": "0",
 }
 
 
@@ -102,15 +105,19 @@ def child_env(**extra) -> dict:
 
 
 def _stop(process: subprocess.Popen, name: str, grace: float = 10) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+    """Ask the leader to stop its children; kill the whole group if it does not,
+    and also whatever children it left behind."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            print(f"{name} (pid {process.pid}) ignored SIGTERM; killing it", flush=True)
     try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        print(f"{name} (pid {process.pid}) ignored SIGTERM; killing it", flush=True)
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace)
+    except ProcessLookupError:
+        pass  # the group is empty: every process of it has exited
+    process.wait(timeout=grace)
 
 
 def _wait_for_health(base_url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -119,12 +126,17 @@ def _wait_for_health(base_url: str, process: subprocess.Popen, timeout: float) -
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with code {process.returncode}")
         try:
-            if requests.get(base_url + "/health/", timeout=2).status_code == 200:
+            response = requests.get(
+                base_url + "/health/", timeout=5, allow_redirects=False
+            )
+            if response.status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"gunicorn did not answer {base_url}/health/ within {timeout} s")
+    raise RuntimeError(
+        f"gunicorn did not return 200 on {base_url}/health/ within {timeout} s"
+    )
 
 
 @contextmanager

@@ -34,7 +34,9 @@ class Pass:
         return self.sent / self.elapsed if self.elapsed else 0.0
 
 
-def drive(url: str, bodies: list[bytes], headers: dict, threads: int, limit: float) -> Pass:
+def drive(
+    url: str, bodies: list[bytes], headers: dict, threads: int, limit: float
+) -> Pass:
     """Post every body once from ``threads`` threads; stop early after ``limit`` s."""
     indexes = itertools.count()
     lock = threading.Lock()
@@ -47,7 +49,9 @@ def drive(url: str, bodies: list[bytes], headers: dict, threads: int, limit: flo
                 index = next(indexes)
                 if index >= len(bodies):
                     return
-                response = session.post(url, data=bodies[index], headers=headers, timeout=30)
+                response = session.post(
+                    url, data=bodies[index], headers=headers, timeout=30
+                )
                 with lock:
                     result.sent += 1
                     result.statuses[response.status_code] += 1
@@ -101,7 +105,7 @@ def run(requests_per_round: int, rounds: int, threads: int, limit: float) -> dic
             bare.append(drive(bare_url, chunk, headers, threads, limit))
             real.append(drive(real_url, chunk, headers, threads, limit))
 
-    common.heading("ingest throughput (HTTP, gunicorn 2 workers x %s threads)" % threads)
+    common.heading(f"ingest throughput (HTTP, gunicorn 2 workers x {threads} threads)")
     bare_rate = report("bare view", bare)
     real_rate = report("inbound endpoint", real)
     ratio = real_rate / bare_rate if bare_rate else 0.0
@@ -131,10 +135,21 @@ def check_rows(first_id: int, expected: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint per round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating the endpoints")
-    parser.add_argument("--threads", type=int, default=4, help="client threads, also server threads per worker")
-    parser.add_argument("--limit", type=float, default=60, help="maximum seconds of one pass")
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="requests per endpoint per round"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds, alternating the endpoints"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=4,
+        help="client threads, also server threads per worker",
+    )
+    parser.add_argument(
+        "--limit", type=float, default=60, help="maximum seconds of one pass"
+    )
     args = parser.parse_args()
     common.configure()
     run(args.requests, args.rounds, args.threads, args.limit)

@@ -7,7 +7,7 @@ and normalised as the endpoint would do it. Then two worker processes (one
 per core) take half of the record changes each and run them as the django-q2
 task does, ``process_changes_task(ids)``: the pipeline steps, then
 ``dispatch_due()`` on the shared outbox. The clock stops when the last worker
-sees no open command. Each worker is warmed up on its own deliveries first.
+finds no open command. Each worker is warmed up on its own deliveries first.
 
 The baseline, in this process, writes the same number of rows per event into
 copies of the same tables (same columns, indexes and constraints, no foreign
@@ -54,7 +54,9 @@ def receive_deliveries(connector, bodies) -> list[int]:
             )
             result = receive(connector, request)
             if result.status != "accepted":
-                raise RuntimeError(f"A benchmark delivery was {result.status}: {result.error}")
+                raise RuntimeError(
+                    f"A benchmark delivery was {result.status}: {result.error}"
+                )
     return change_ids
 
 
@@ -82,16 +84,21 @@ def flush_statistics() -> None:
     connection.close()
 
 
-def worker(warmup_ids, ids, batch, limit, ready, go, results) -> None:
-    """Run in a child process: warm up, wait for the start, process, drain."""
+def worker(warmup_bodies, bodies, batch, limit, ready, go, results) -> None:
+    """Run in a child process: receive its deliveries, warm up, wait for the
+    start, process its changes, then dispatch until no command is open."""
     common.configure()
+    from syncflows.models import Connector
     from syncflows.tasks import process_changes_task
 
+    connector = Connector.objects.get(slug="pipedrive")
+    warmup_ids = receive_deliveries(connector, warmup_bodies)
+    ids = receive_deliveries(connector, bodies)
     for change_id in warmup_ids:
         process_changes_task([change_id])
     flush_statistics()
     ready.put(True)
-    go.wait(timeout=120)
+    go.wait(timeout=300)
     deadline = time.monotonic() + limit
     for start in range(0, len(ids), batch):
         if time.monotonic() > deadline:
@@ -103,9 +110,9 @@ def worker(warmup_ids, ids, batch, limit, ready, go, results) -> None:
     results.put(finished)
 
 
-def timed_run(change_ids, warmup_ids, batch: int, workers: int, limit: float):
-    """Process ``change_ids`` on ``workers`` processes; return the elapsed
-    seconds and the table statistics from before the start."""
+def timed_run(warmup_bodies, bodies, batch: int, workers: int, limit: float):
+    """Process ``bodies`` on ``workers`` processes; return the elapsed seconds
+    and the table statistics from before the start."""
     from django.db import connections
 
     connections.close_all()
@@ -114,7 +121,15 @@ def timed_run(change_ids, warmup_ids, batch: int, workers: int, limit: float):
     processes = [
         context.Process(
             target=worker,
-            args=(warmup_ids[n::workers], change_ids[n::workers], batch, limit, ready, go, results),
+            args=(
+                warmup_bodies[n::workers],
+                bodies[n::workers],
+                batch,
+                limit,
+                ready,
+                go,
+                results,
+            ),
         )
         for n in range(workers)
     ]
@@ -122,7 +137,7 @@ def timed_run(change_ids, warmup_ids, batch: int, workers: int, limit: float):
         for process in processes:
             process.start()
         for _ in processes:
-            ready.get(timeout=180)
+            ready.get(timeout=300)
         stats_before = table_writes()
         started = time.time()
         go.set()
@@ -157,7 +172,9 @@ def writes_since(before: dict, attempts: int = 20) -> dict[str, tuple[int, int, 
     for _ in range(attempts):
         after = table_writes()
         delta = {
-            name: tuple(a - b for a, b in zip(counts, before.get(name, (0, 0, 0)), strict=True))
+            name: tuple(
+                a - b for a, b in zip(counts, before.get(name, (0, 0, 0)), strict=True)
+            )
             for name, counts in after.items()
         }
         delta = {name: counts for name, counts in delta.items() if any(counts)}
@@ -173,7 +190,9 @@ def check_outcome(first_id: int, count: int) -> Counter:
 
     record_ids = [str(first_id + index) for index in range(count)]
     return Counter(
-        Command.objects.filter(record__record_id__in=record_ids).values_list("state", flat=True)
+        Command.objects.filter(record__record_id__in=record_ids).values_list(
+            "state", flat=True
+        )
     )
 
 
@@ -186,71 +205,92 @@ def run_sample(change_ids) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=2000, help="events in the timed run")
-    parser.add_argument("--batch", type=int, default=1, help="changes per process_changes_task call")
+    parser.add_argument("--events", type=int, default=2000, help="events to process")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="changes per process_changes_task call"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
-    parser.add_argument("--sample", type=int, default=100, help="events in the counted sample")
-    parser.add_argument("--profile", type=int, default=200, help="events in the profiled batch")
-    parser.add_argument("--limit", type=float, default=180, help="maximum seconds of the timed run")
+    parser.add_argument("--sample", type=int, default=100, help="events counted")
+    parser.add_argument("--profile", type=int, default=100, help="events profiled")
+    parser.add_argument(
+        "--limit",
+        type=float,
+        default=60,
+        help="seconds after which the workers stop; the rate counts finished events",
+    )
     args = parser.parse_args()
     common.configure()
     from bench import baseline, profiling
 
     connector = common.load_configuration()
     warmup = 20 * args.workers
-    total = warmup + args.events + args.sample + args.profile
     first_id = common.first_deal_id()
-    bodies = common.pipedrive_bodies(total, first_id)
-
-    counter = profiling.StepCounter()
-    received = time.perf_counter()
-    warmup_ids = receive_deliveries(connector, bodies[:warmup])
-    change_ids = receive_deliveries(connector, bodies[warmup : warmup + args.events])
-    with counter.active():
-        sample_ids = receive_deliveries(
-            connector, bodies[warmup + args.events : warmup + args.events + args.sample]
-        )
-    profile_ids = receive_deliveries(connector, bodies[warmup + args.events + args.sample :])
-    received = time.perf_counter() - received
-    print(f"received {total} deliveries untimed in {received:.1f} s", flush=True)
-
-    elapsed, stats_before = timed_run(change_ids, warmup_ids, args.batch, args.workers, args.limit)
+    bodies = common.pipedrive_bodies(warmup + args.events, first_id)
+    extra = common.pipedrive_bodies(args.sample + args.profile, first_id + len(bodies))
+    started = time.perf_counter()
+    elapsed, stats_before = timed_run(
+        bodies[:warmup], bodies[warmup:], args.batch, args.workers, args.limit
+    )
+    print(
+        f"received {len(bodies)} deliveries and ran the timed part in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     writes = writes_since(stats_before)
     states = check_outcome(first_id + warmup, args.events)
-    rate = args.events / elapsed
+    done = states.get("succeeded", 0)
+    rate = done / elapsed
+    base_elapsed = baseline.run(writes, done)
+    base_rate = done / base_elapsed
+    print_throughput(args, elapsed, states, rate, base_elapsed, base_rate)
+    print_writes(writes, done)
 
-    base_elapsed = baseline.run(writes, args.events)
-    base_rate = args.events / base_elapsed
-
-    common.heading(
-        f"pipeline throughput ({args.workers} worker processes, {args.batch} change(s) per task)"
-    )
-    print(
-        f"pipeline            {rate:8.1f} events/s  ({args.events} events in {elapsed:.2f} s; "
-        f"command states: {dict(states)})",
-        flush=True,
-    )
-    print(
-        f"raw inserts         {base_rate:8.1f} events/s  ({args.events} events in "
-        f"{base_elapsed:.2f} s, one process)",
-        flush=True,
-    )
-    print(f"ratio pipeline/raw  {rate / base_rate:.3f}  (target: at least 500 events/s)")
-    print("rows written per event in the timed run (insert / update / delete):")
-    for name, (ins, upd, dele) in sorted(writes.items()):
-        print(f"  {name:<36} {ins / args.events:5.2f} {upd / args.events:5.2f} {dele / args.events:5.2f}")
-
+    counter = profiling.StepCounter()
     with counter.active():
+        sample_ids = receive_deliveries(connector, extra[: args.sample])
         run_sample(sample_ids)
-    common.heading("SQL statements per event, by step (one process, one change per task)")
+    common.heading(
+        "SQL statements per event, by step (one process, one change per task)"
+    )
     profiling.print_steps(counter, args.sample, "receive + pipeline + dispatch")
 
+    profile_ids = receive_deliveries(connector, extra[args.sample :])
     common.heading(f"cProfile of {args.profile} events, one change per task")
     started = time.perf_counter()
     report = profiling.profile(run_sample, profile_ids, top=25)
     seconds = time.perf_counter() - started
     print(f"{args.profile} events in {seconds:.2f} s under the profiler", flush=True)
     print(report, flush=True)
+
+
+def print_throughput(args, elapsed, states, rate, base_elapsed, base_rate) -> None:
+    from django.conf import settings
+
+    concurrency = getattr(settings, "MESHLINE_DISPATCH_CONCURRENCY", 1)
+    common.heading(
+        f"pipeline throughput ({args.workers} worker processes, {args.batch} change(s) "
+        f"per task, {concurrency} dispatch threads per worker)"
+    )
+    done = states.get("succeeded", 0)
+    stopped = " (stopped at the time limit)" if done < args.events else ""
+    print(
+        f"pipeline            {rate:8.1f} events/s  ({done} of {args.events} events "
+        f"finished in {elapsed:.2f} s{stopped}; command states: {dict(states)})",
+        flush=True,
+    )
+    print(
+        f"raw inserts         {base_rate:8.1f} events/s  ({done} events in "
+        f"{base_elapsed:.2f} s, one process)",
+        flush=True,
+    )
+    print(f"ratio pipeline/raw  {rate / base_rate:.3f}  (target: 500 events/s)")
+
+
+def print_writes(writes, events: int) -> None:
+    print("rows written per event in the timed run (insert / update / delete):")
+    for name, counts in sorted(writes.items()):
+        ins, upd, dele = (count / events for count in counts)
+        print(f"  {name:<36} {ins:5.2f} {upd:5.2f} {dele:5.2f}", flush=True)
 
 
 if __name__ == "__main__":

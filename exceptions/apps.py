@@ -6,6 +6,11 @@ class ExceptionsConfig(AppConfig):
     verbose_name = "Exception lanes"
 
     def ready(self):
+        # A bad business-hours setting stops start-up instead of the first case.
+        from exceptions.sla import calendar_from_settings
+
+        calendar_from_settings()
+
         # The pipeline reports permanent failures through this hook, so that
         # syncflows never imports this app.
         from exceptions.services.cases import (

@@ -24,6 +24,10 @@ POLICY = {
     "replay_event": {SALES_OPS, FINANCE, TRIAGE_LEAD, ADMIN},
     "retry_command": {FINANCE, TRIAGE_LEAD, ADMIN},
     "edit_configuration": {ADMIN},
+    # Brief lifecycle: who writes versions and who releases approved ones.
+    # Approving a side is tied to its role (Sales Ops: CRM, Finance: ERP).
+    "edit_brief": {SALES_OPS, ADMIN},
+    "release_brief": {SALES_OPS, FINANCE, ADMIN},
 }
 
 

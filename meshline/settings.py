@@ -273,3 +273,14 @@ MESHLINE_RECONCILIATION_BATCH = env_int("MESHLINE_RECONCILIATION_BATCH", 500, mi
 MESHLINE_RECONCILIATION_DAYS = env_int("MESHLINE_RECONCILIATION_DAYS", 35, minimum=1)
 # Hours of record changes that the nightly drift check compares.
 MESHLINE_DRIFT_WINDOW_HOURS = env_int("MESHLINE_DRIFT_WINDOW_HOURS", 24, minimum=1)
+
+# Brief lifecycle. MESHLINE_CANARY_POLICY decides when an approved brief
+# version must run as a canary for one business unit before it can become
+# active everywhere: "schema_change" (when its command schema differs from
+# the active version's), "always" or "never".
+MESHLINE_CANARY_POLICY = env_str("MESHLINE_CANARY_POLICY", "schema_change")
+if MESHLINE_CANARY_POLICY not in ("schema_change", "always", "never"):
+    raise ImproperlyConfigured(
+        f"MESHLINE_CANARY_POLICY={MESHLINE_CANARY_POLICY!r} is invalid: use "
+        "schema_change, always or never."
+    )

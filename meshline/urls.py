@@ -11,5 +11,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("exceptions/", include("exceptions.urls")),
+    path("reporting/", include("reporting.urls")),
     path("", include("syncflows.urls")),
 ]

@@ -208,3 +208,37 @@ class SandboxOrderAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+from syncflows import admin_crm  # noqa: E402,F401  (registers the CRM API access admin)
+
+
+class SyntheticTestForm(forms.ModelForm):
+    class Meta:
+        model = models.SyntheticTest
+        fields = ["brief", "name", "keyword", "payload", "expected_command", "expected_reason"]
+
+    def clean(self):
+        data = super().clean()
+        brief, keyword = data.get("brief"), data.get("keyword")
+        if brief and keyword and keyword not in (brief.keywords or []):
+            self.add_error("keyword", f"Use one of the brief's keywords: {', '.join(brief.keywords or []) or 'none set'}.")
+        if bool(data.get("expected_command")) == bool(data.get("expected_reason")):
+            raise forms.ValidationError("Set either the expected command or the expected reason code, not both.")
+        payload = data.get("payload")
+        if payload is not None and not (isinstance(payload, dict) and "record" in payload):
+            self.add_error("payload", 'The payload is a JSON object with a "record" key.')
+        return data
+
+
+@admin.register(models.SyntheticTest)
+class SyntheticTestAdmin(admin.ModelAdmin):
+    form = SyntheticTestForm
+    list_display = ["name", "brief", "keyword", "expected_reason"]
+    list_filter = ["brief", "keyword"]
+    search_fields = ["name", "keyword", "brief__name"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

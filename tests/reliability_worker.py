@@ -2,9 +2,8 @@
 
 ``work`` loops over the pipeline the way a deployed worker does: it processes
 record changes that are still applied, optionally sweeps, then claims and runs
-due commands. It exits when no work remains (and the stop file exists, if one
-is given), or with status 3 at its deadline. Its last stdout line is a JSON
-summary with the ids of the commands it claimed.
+due commands. It exits when no work remains, or with status 3 at its deadline.
+Its last stdout line is a JSON summary with the ids of the commands it claimed.
 
 ``produce`` receives signed Pipedrive deliveries in this process, so that the
 task messages go to whatever broker ``Q_BROKER`` configures.
@@ -37,11 +36,14 @@ def parse_args(argv):
     work.add_argument("--process", action="store_true", help="process applied changes")
     work.add_argument("--sweep", action="store_true", help="run sweep() every loop")
     work.add_argument("--claim-limit", type=int, default=10, help="commands per claim")
-    work.add_argument("--batch", type=int, default=50, help="changes per processing batch")
-    work.add_argument("--deadline", type=float, default=120, help="seconds before giving up")
+    work.add_argument(
+        "--batch", type=int, default=50, help="changes per processing batch"
+    )
+    work.add_argument(
+        "--deadline", type=float, default=180, help="seconds before giving up"
+    )
     work.add_argument("--ready-file", type=Path, help="created once Django is set up")
     work.add_argument("--go-file", type=Path, help="wait for this file before working")
-    work.add_argument("--stop-file", type=Path, help="exit only once this file exists")
     work.add_argument(
         "--hang-after",
         type=int,
@@ -59,7 +61,7 @@ def hang_after(count: int) -> None:
     """Make the sandbox ERP hang after committing order number ``count + 1``.
 
     The order is committed but the command's outcome is never written, which
-    is how a worker that dies right after the ERP's answer leaves things.
+    is the state a worker leaves when it dies right after the ERP's response.
     """
     from syncflows.adapters.sandbox import SandboxAdapter
 
@@ -71,7 +73,9 @@ def hang_after(count: int) -> None:
         result = original(self, command)
         writes += 1
         if writes > count:
-            logger.warning("Hanging after ERP write %s (%s)", writes, result.document_number)
+            logger.warning(
+                "Hanging after ERP write %s (%s)", writes, result.document_number
+            )
             time.sleep(3600)
         return result
 
@@ -81,15 +85,15 @@ def hang_after(count: int) -> None:
 def applied_change_ids(limit: int, rng: random.Random) -> list[int]:
     from syncflows.models import RecordChange
 
-    ids = list(
+    oldest = list(
         RecordChange.objects.filter(status=RecordChange.Status.APPLIED)
         .order_by("id")
-        .values_list("id", flat=True)[:limit]
+        .values_list("id", flat=True)[: limit * 4]
     )
-    # Two workers read the same oldest batch; a different order in each makes
-    # them meet on some records and pass each other on the rest.
-    rng.shuffle(ids)
-    return ids
+    # Two workers draw different samples of the same oldest changes, so they
+    # meet on some records and pass each other on the rest. Ascending order,
+    # as in a task message or the sweep, keeps their record locks in one order.
+    return sorted(rng.sample(oldest, min(limit, len(oldest))))
 
 
 def work_remains() -> bool:
@@ -143,8 +147,7 @@ def work(args) -> int:
             break
         if run_once(args, rng, summary):
             continue
-        stop_requested = args.stop_file is None or args.stop_file.exists()
-        if stop_requested and not work_remains():
+        if not work_remains():
             status = 0
             break
         time.sleep(0.05)
@@ -163,7 +166,10 @@ def produce(args) -> int:
     from tests.workers import pipedrive_auth_header, pipedrive_won_body, won_deals
 
     connector = Connector.objects.get(slug="pipedrive")
-    headers = {"Content-Type": "application/json", "Authorization": pipedrive_auth_header()}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": pipedrive_auth_header(),
+    }
     statuses: dict[str, int] = {}
     for deal_id, value in won_deals(args.count, args.first_id, args.seed):
         request = DeliveryRequest(

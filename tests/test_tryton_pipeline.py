@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connections
 from django.utils import timezone
 from django.utils.datastructures import CaseInsensitiveMapping
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.tryton
 
 OUTAGE_DEALS = 60
 # Upper bounds for the loops of the outage test, never timing assertions.
-OUTAGE_DEADLINE_SECONDS = 300
+OUTAGE_DEADLINE_SECONDS = 600
 FIRST_SALES_BEFORE_OUTAGE = 8
 
 
@@ -382,9 +383,18 @@ def test_load_demo_default_is_sandbox(db, monkeypatch):
     assert not Destination.objects.filter(adapter="tryton").exists()
 
 
-def test_load_demo_missing_password_file(db, tmp_path):
-    from django.core.management.base import CommandError
+def test_load_demo_unknown_erp_rejected(db, monkeypatch):
+    monkeypatch.setenv("MESHLINE_DEMO_ERP", "odoo")
 
+    with pytest.raises(CommandError) as caught:
+        call_command("load_demo", "--no-users")
+
+    assert "'odoo'" in str(caught.value)
+    assert "MESHLINE_DEMO_ERP" in str(caught.value)
+    assert not Route.objects.exists()
+
+
+def test_load_demo_missing_password_file(db, tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(CommandError) as caught:
         call_command(

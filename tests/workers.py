@@ -15,7 +15,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote
 
+import pytest
 from django.conf import settings
 from django.db import connection
 
@@ -24,10 +26,20 @@ PIPEDRIVE_USER = "meshline"
 PIPEDRIVE_PASSWORD = "demo-pipedrive-password"
 
 
+def require_postgresql() -> None:
+    """Skip the test unless it runs on PostgreSQL, which other processes can share."""
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "Worker subprocesses need the PostgreSQL test database: set DATABASE_URL."
+        )
+
+
 def database_url() -> str:
     """Return a ``DATABASE_URL`` for the database this test process uses."""
     params = connection.settings_dict
-    user = params.get("USER") or "postgres"
+    user = quote(params.get("USER") or "postgres", safe="")
+    if params.get("PASSWORD"):
+        user += ":" + quote(params["PASSWORD"], safe="")
     host = params.get("HOST") or "127.0.0.1"
     port = params.get("PORT") or "5432"
     return f"postgresql://{user}@{host}:{port}/{params['NAME']}"
@@ -39,7 +51,7 @@ def subprocess_env(**extra: str) -> dict:
     env.update(
         DATABASE_URL=database_url(),
         # Connector secrets are encrypted under a key derived from SECRET_KEY,
-        # and DEBUG alone gives every process a random one.
+        # so a child must use the key of the process that stored them.
         SECRET_KEY=settings.SECRET_KEY,
         DJANGO_SETTINGS_MODULE="meshline.settings",
         DEBUG="1",
@@ -91,24 +103,27 @@ class Process:
             os.kill(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=10)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Send SIGTERM to the process group, then SIGKILL after ``grace`` seconds."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                return
+    def stop(self, grace: float = 15.0) -> None:
+        """Send SIGTERM to the process, then SIGKILL to its group.
+
+        The group signal after the grace period, or after a clean exit, ends any
+        child that the process forked and left behind (qcluster's workers).
+        """
+        if self.popen.poll() is None:
+            self.popen.terminate()
             try:
                 self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                # The leader is gone; end any forked children it left.
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            return
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=10)
+
+    def terminate(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
 
     def output(self) -> str:
         return self.stdout_path.read_text(encoding="utf-8", errors="replace")
@@ -117,12 +132,22 @@ class Process:
         """Parse the JSON summary that the worker prints as its last stdout line."""
         lines = self.output().strip().splitlines()
         if not lines:
-            raise AssertionError(f"{self.name} printed no summary.\n{self.stderr_tail()}")
+            raise AssertionError(
+                f"{self.name} printed no summary.\n{self.stderr_tail()}"
+            )
         return json.loads(lines[-1])
 
     def stderr_tail(self, size: int = 4000) -> str:
         text = self.stderr_path.read_text(encoding="utf-8", errors="replace")
         return f"--- {self.name} stderr (last {size} characters) ---\n{text[-size:]}"
+
+
+def stop_all(processes: list[Process]) -> None:
+    """Stop every process, sending SIGTERM to all of them before waiting for any."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop()
 
 
 def start_worker(name: str, log_dir: Path, *options: str, env: dict | None = None):
@@ -151,7 +176,7 @@ def wait_for_files(paths: list[Path], processes: list[Process], timeout: float) 
         time.sleep(0.05)
 
 
-def wait_until(condition, timeout: float, processes: list[Process], what: str):
+def wait_until(condition, timeout: float, processes: list[Process], description: str):
     """Poll ``condition`` every 50 ms until it returns a true value; return it."""
     deadline = time.monotonic() + timeout
     while True:
@@ -162,10 +187,12 @@ def wait_until(condition, timeout: float, processes: list[Process], what: str):
             if process.popen.poll() is not None:
                 raise AssertionError(
                     f"{process.name} exited with {process.popen.returncode} while "
-                    f"waiting for {what}.\n{process.stderr_tail()}"
+                    f"waiting for {description}.\n{process.stderr_tail()}"
                 )
         if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out after {timeout} s waiting for {what}.")
+            raise AssertionError(
+                f"Timed out after {timeout} s waiting for {description}."
+            )
         time.sleep(0.05)
 
 
@@ -179,7 +206,9 @@ def won_deals(count: int, first_id: int, seed: int) -> list[tuple[int, Decimal]]
     return deals
 
 
-def pipedrive_won_body(deal_id: int, value: Decimal, webhook_id: str = "111111") -> dict:
+def pipedrive_won_body(
+    deal_id: int, value: Decimal, webhook_id: str = "111111"
+) -> dict:
     """Return a Pipedrive v1 "deal updated to won" webhook body."""
     from syncflows.demo import _pipedrive_won
 

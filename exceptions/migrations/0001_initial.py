@@ -6,108 +6,283 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('syncflows', '0001_initial'),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("syncflows", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ExceptionCase',
+            name="ExceptionCase",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reason_code', models.CharField(db_index=True, max_length=32)),
-                ('title', models.CharField(max_length=300)),
-                ('message', models.TextField(help_text='What failed, in plain words.')),
-                ('suggested_fix', models.TextField(blank=True)),
-                ('detail', models.JSONField(blank=True, default=dict)),
-                ('state', models.CharField(choices=[('open', 'Open'), ('assigned', 'Assigned'), ('acknowledged', 'Acknowledged'), ('resolved', 'Resolved'), ('dismissed', 'Dismissed')], default='open', max_length=16)),
-                ('record_key', models.CharField(db_index=True, max_length=300)),
-                ('keyword', models.CharField(blank=True, max_length=64)),
-                ('business_unit', models.CharField(blank=True, max_length=64)),
-                ('opened_at', models.DateTimeField(db_index=True)),
-                ('due_at', models.DateTimeField(db_index=True)),
-                ('acknowledged_at', models.DateTimeField(blank=True, null=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('escalation_level', models.PositiveSmallIntegerField(default=0)),
-                ('resolution_note', models.TextField(blank=True)),
-                ('brief', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='syncflows.brief')),
-                ('command', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='syncflows.command')),
-                ('destination', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='syncflows.destination')),
-                ('event', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='syncflows.inboundevent')),
-                ('owner_group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='auth.group')),
-                ('owner_user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='owned_cases', to=settings.AUTH_USER_MODEL)),
-                ('run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='syncflows.syncrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("reason_code", models.CharField(db_index=True, max_length=32)),
+                ("title", models.CharField(max_length=300)),
+                ("message", models.TextField(help_text="What failed, in plain words.")),
+                ("suggested_fix", models.TextField(blank=True)),
+                ("detail", models.JSONField(blank=True, default=dict)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("assigned", "Assigned"),
+                            ("acknowledged", "Acknowledged"),
+                            ("resolved", "Resolved"),
+                            ("dismissed", "Dismissed"),
+                        ],
+                        default="open",
+                        max_length=16,
+                    ),
+                ),
+                ("record_key", models.CharField(db_index=True, max_length=300)),
+                ("keyword", models.CharField(blank=True, max_length=64)),
+                ("business_unit", models.CharField(blank=True, max_length=64)),
+                ("opened_at", models.DateTimeField(db_index=True)),
+                ("due_at", models.DateTimeField(db_index=True)),
+                ("acknowledged_at", models.DateTimeField(blank=True, null=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                ("escalation_level", models.PositiveSmallIntegerField(default=0)),
+                ("resolution_note", models.TextField(blank=True)),
+                (
+                    "brief",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="syncflows.brief",
+                    ),
+                ),
+                (
+                    "command",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="syncflows.command",
+                    ),
+                ),
+                (
+                    "destination",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="syncflows.destination",
+                    ),
+                ),
+                (
+                    "event",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="syncflows.inboundevent",
+                    ),
+                ),
+                (
+                    "owner_group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="auth.group",
+                    ),
+                ),
+                (
+                    "owner_user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="owned_cases",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="syncflows.syncrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['due_at', 'id'],
+                "ordering": ["due_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='CaseHistory',
+            name="CaseHistory",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(auto_now_add=True)),
-                ('action', models.CharField(max_length=32)),
-                ('from_state', models.CharField(blank=True, max_length=16)),
-                ('to_state', models.CharField(blank=True, max_length=16)),
-                ('note', models.TextField(blank=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='exceptions.exceptioncase')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("at", models.DateTimeField(auto_now_add=True)),
+                ("action", models.CharField(max_length=32)),
+                ("from_state", models.CharField(blank=True, max_length=16)),
+                ("to_state", models.CharField(blank=True, max_length=16)),
+                ("note", models.TextField(blank=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="history",
+                        to="exceptions.exceptioncase",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'case history',
-                'ordering': ['at', 'id'],
+                "verbose_name_plural": "case history",
+                "ordering": ["at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Lane',
+            name="Lane",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('sla_hours', models.PositiveIntegerField(default=24)),
-                ('business_hours', models.BooleanField(default=False, help_text='Count the SLA in business hours only.')),
-                ('reason_codes', models.JSONField(blank=True, default=list)),
-                ('owner_group', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='lanes', to='auth.group')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("slug", models.SlugField(unique=True)),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                ("sla_hours", models.PositiveIntegerField(default=24)),
+                (
+                    "business_hours",
+                    models.BooleanField(
+                        default=False, help_text="Count the SLA in business hours only."
+                    ),
+                ),
+                ("reason_codes", models.JSONField(blank=True, default=list)),
+                (
+                    "owner_group",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="lanes",
+                        to="auth.group",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddField(
-            model_name='exceptioncase',
-            name='lane',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cases', to='exceptions.lane'),
+            model_name="exceptioncase",
+            name="lane",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="cases",
+                to="exceptions.lane",
+            ),
         ),
         migrations.CreateModel(
-            name='OwnershipRule',
+            name="OwnershipRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('keyword', models.CharField(blank=True, max_length=64)),
-                ('business_unit', models.CharField(blank=True, max_length=64)),
-                ('reason_code', models.CharField(blank=True, max_length=32)),
-                ('priority', models.PositiveIntegerField(default=100)),
-                ('destination', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to='syncflows.destination')),
-                ('lane', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rules', to='exceptions.lane')),
-                ('owner_group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='auth.group')),
-                ('owner_user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("keyword", models.CharField(blank=True, max_length=64)),
+                ("business_unit", models.CharField(blank=True, max_length=64)),
+                ("reason_code", models.CharField(blank=True, max_length=32)),
+                ("priority", models.PositiveIntegerField(default=100)),
+                (
+                    "destination",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="syncflows.destination",
+                    ),
+                ),
+                (
+                    "lane",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rules",
+                        to="exceptions.lane",
+                    ),
+                ),
+                (
+                    "owner_group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="auth.group",
+                    ),
+                ),
+                (
+                    "owner_user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['priority', 'id'],
+                "ordering": ["priority", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='exceptioncase',
-            index=models.Index(condition=models.Q(('state__in', ['open', 'assigned', 'acknowledged'])), fields=['lane', 'due_at'], name='case_open_by_lane'),
+            model_name="exceptioncase",
+            index=models.Index(
+                condition=models.Q(("state__in", ["open", "assigned", "acknowledged"])),
+                fields=["lane", "due_at"],
+                name="case_open_by_lane",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='ownershiprule',
-            constraint=models.CheckConstraint(condition=models.Q(('owner_user__isnull', False), ('owner_group__isnull', False), _connector='OR'), name='ownership_rule_has_owner', violation_error_message='Name an owner user or an owner group.'),
+            model_name="ownershiprule",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("owner_user__isnull", False),
+                    ("owner_group__isnull", False),
+                    _connector="OR",
+                ),
+                name="ownership_rule_has_owner",
+                violation_error_message="Name an owner user or an owner group.",
+            ),
         ),
     ]

@@ -21,7 +21,9 @@ class ExceptionCase(models.Model):
     suggested_fix = models.TextField(blank=True)
     detail = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
-    lane = models.ForeignKey("exceptions.Lane", on_delete=models.PROTECT, related_name="cases")
+    lane = models.ForeignKey(
+        "exceptions.Lane", on_delete=models.PROTECT, related_name="cases"
+    )
     owner_user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -29,7 +31,9 @@ class ExceptionCase(models.Model):
         on_delete=models.PROTECT,
         related_name="owned_cases",
     )
-    owner_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT)
+    owner_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.PROTECT
+    )
     record_key = models.CharField(max_length=300, db_index=True)
     keyword = models.CharField(max_length=64, blank=True)
     business_unit = models.CharField(max_length=64, blank=True)
@@ -39,7 +43,9 @@ class ExceptionCase(models.Model):
     destination = models.ForeignKey(
         "syncflows.Destination", null=True, blank=True, on_delete=models.PROTECT
     )
-    run = models.ForeignKey("syncflows.SyncRun", null=True, blank=True, on_delete=models.PROTECT)
+    run = models.ForeignKey(
+        "syncflows.SyncRun", null=True, blank=True, on_delete=models.PROTECT
+    )
     command = models.ForeignKey(
         "syncflows.Command", null=True, blank=True, on_delete=models.PROTECT
     )
@@ -61,7 +67,19 @@ class ExceptionCase(models.Model):
                 fields=["lane", "due_at"],
                 condition=models.Q(state__in=["open", "assigned", "acknowledged"]),
                 name="case_open_by_lane",
-            )
+            ),
+            # The queue's default order for open cases: soonest due first.
+            models.Index(
+                fields=["due_at", "id"],
+                condition=models.Q(state__in=["open", "assigned", "acknowledged"]),
+                name="case_open_by_due",
+            ),
+            # The "my work" query: open cases of one owner by due time.
+            models.Index(
+                fields=["owner_user", "due_at"],
+                condition=models.Q(state__in=["open", "assigned", "acknowledged"]),
+                name="case_open_by_owner",
+            ),
         ]
 
     def __str__(self):
@@ -75,7 +93,9 @@ class ExceptionCase(models.Model):
 class CaseHistory(models.Model):
     """One step in a case's life. Append-only."""
 
-    case = models.ForeignKey(ExceptionCase, on_delete=models.CASCADE, related_name="history")
+    case = models.ForeignKey(
+        ExceptionCase, on_delete=models.CASCADE, related_name="history"
+    )
     at = models.DateTimeField(auto_now_add=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT

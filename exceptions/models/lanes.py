@@ -9,7 +9,9 @@ class Lane(models.Model):
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    owner_group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="lanes")
+    owner_group = models.ForeignKey(
+        Group, on_delete=models.PROTECT, related_name="lanes"
+    )
     sla_hours = models.PositiveIntegerField(default=24)
     business_hours = models.BooleanField(
         default=False, help_text="Count the SLA in business hours only."
@@ -41,7 +43,9 @@ class OwnershipRule(models.Model):
     owner_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )
-    owner_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT)
+    owner_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.PROTECT
+    )
     lane = models.ForeignKey(Lane, on_delete=models.PROTECT, related_name="rules")
     priority = models.PositiveIntegerField(default=100)
 
@@ -49,7 +53,8 @@ class OwnershipRule(models.Model):
         ordering = ["priority", "id"]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(owner_user__isnull=False) | models.Q(owner_group__isnull=False),
+                condition=models.Q(owner_user__isnull=False)
+                | models.Q(owner_group__isnull=False),
                 name="ownership_rule_has_owner",
                 violation_error_message="Name an owner user or an owner group.",
             )
@@ -58,12 +63,23 @@ class OwnershipRule(models.Model):
     def __str__(self):
         scope = "/".join(
             v or "*"
-            for v in (self.keyword, self.business_unit, self.destination_id and str(self.destination_id), self.reason_code)
+            for v in (
+                self.keyword,
+                self.business_unit,
+                self.destination_id and str(self.destination_id),
+                self.reason_code,
+            )
         )
         return f"{scope} → {self.owner_user or self.owner_group}"
 
     @property
     def specificity(self) -> int:
         return sum(
-            bool(v) for v in (self.keyword, self.business_unit, self.destination_id, self.reason_code)
+            bool(v)
+            for v in (
+                self.keyword,
+                self.business_unit,
+                self.destination_id,
+                self.reason_code,
+            )
         )

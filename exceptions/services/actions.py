@@ -7,6 +7,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from exceptions.models import CaseHistory, ExceptionCase
+from exceptions.notifications import notify_case
+from meshline import roles
 from meshline.roles import require
 from syncflows.models import Command, LedgerEntry
 from syncflows.services import ledger
@@ -19,6 +21,7 @@ __all__ = [
     "ActionRefused",
     "acknowledge_case",
     "assign_case",
+    "compensate_case",
     "dismiss_case",
     "replay_case",
     "resolve_case",
@@ -39,7 +42,12 @@ def _refuse_closed(case, action: str) -> None:
 
 def _log(case, user, action, previous, note="") -> None:
     CaseHistory.objects.create(
-        case=case, actor=user, action=action, from_state=previous, to_state=case.state, note=note
+        case=case,
+        actor=user,
+        action=action,
+        from_state=previous,
+        to_state=case.state,
+        note=note,
     )
     ledger.write(
         LedgerEntry.Step.ACTION,
@@ -69,17 +77,33 @@ def acknowledge_case(case, *, acting_user) -> ExceptionCase:
     return case
 
 
-def assign_case(case, *, acting_user, user) -> ExceptionCase:
+def assign_case(case, *, acting_user, user=None, group=None) -> ExceptionCase:
+    """Give the case to one user, or to a group with no single owner."""
     require(acting_user, "triage_case")
+    if (user is None) == (group is None):
+        raise ActionRefused("Choose either a person or a group to assign the case to.")
+    if user is not None and not (user.is_active and roles.can(user, "triage_case")):
+        raise ActionRefused(
+            f"{user} cannot work on cases: assign it to someone with one of the roles "
+            f"{', '.join(sorted(roles.POLICY['triage_case']))}."
+        )
     with transaction.atomic():
         case = _locked(case)
         _refuse_closed(case, "assigned")
+        if user is not None and case.owner_user_id == user.pk:
+            raise ActionRefused(f"Case {case.pk} is already assigned to {user}.")
         previous = case.state
-        case.owner_user = user
-        if case.state == State.OPEN:
-            case.state = State.ASSIGNED
-        case.save(update_fields=["owner_user", "state"])
-        _log(case, acting_user, "assigned", previous, f"Owner is now {user}.")
+        if user is not None:
+            case.owner_user = user
+            if case.state == State.OPEN:
+                case.state = State.ASSIGNED
+        else:
+            case.owner_user, case.owner_group = None, group
+            case.state = State.OPEN
+        case.save(update_fields=["owner_user", "owner_group", "state"])
+        _log(case, acting_user, "assigned", previous, f"Owner is now {user or group}.")
+        if user is not None and user != acting_user:
+            notify_case(case, "assigned")
     return case
 
 
@@ -126,19 +150,37 @@ def retry_case(case, *, acting_user) -> ExceptionCase:
         case = _locked(case)
         _refuse_closed(case, "retried")
         if case.command_id:
-            updated = Command.objects.filter(pk=case.command_id, state=Command.State.FAILED).update(
+            updated = Command.objects.filter(
+                pk=case.command_id, state=Command.State.FAILED
+            ).update(
                 state=Command.State.PENDING,
                 next_attempt_at=timezone.now(),
                 claimed_by="",
                 updated_at=timezone.now(),
             )
             if not updated:
-                state = Command.objects.get(pk=case.command_id).get_state_display().lower()
-                raise ActionRefused(f"Command {case.command_id} is {state}; only a failed command can be retried.")
-            _log(case, acting_user, "retried", case.state, f"Command {case.command_id} queued again.")
+                state = (
+                    Command.objects.get(pk=case.command_id).get_state_display().lower()
+                )
+                raise ActionRefused(
+                    f"Command {case.command_id} is {state}; only a failed command can be retried."
+                )
+            _log(
+                case,
+                acting_user,
+                "retried",
+                case.state,
+                f"Command {case.command_id} queued again.",
+            )
             enqueue_dispatch()
         elif case.run_id:
-            _log(case, acting_user, "retried", case.state, f"Run {case.run_id} started again.")
+            _log(
+                case,
+                acting_user,
+                "retried",
+                case.state,
+                f"Run {case.run_id} started again.",
+            )
             try:
                 rerun(case.run_id)
             except RunFailed as exc:
@@ -157,17 +199,26 @@ def replay_case(case, *, acting_user) -> ExceptionCase:
     from syncflows.services.pipeline import RunFailed, rerun
     from syncflows.tasks import enqueue_dispatch
 
-    run_id = case.run_id or (case.command and case.command.runs.order_by("-id").values_list("id", flat=True).first())
+    run_id = case.run_id or (
+        case.command
+        and case.command.runs.order_by("-id").values_list("id", flat=True).first()
+    )
     if not run_id:
         raise ActionRefused(f"Case {case.pk} has no stored event to replay.")
     with transaction.atomic():
         case = _locked(case)
         _refuse_closed(case, "replayed")
         if case.command_id:
-            Command.objects.filter(pk=case.command_id, state=Command.State.FAILED).update(
-                state=Command.State.SUPERSEDED, finished_at=timezone.now()
-            )
-        _log(case, acting_user, "replayed", case.state, "Pipeline run again with the active brief version.")
+            Command.objects.filter(
+                pk=case.command_id, state=Command.State.FAILED
+            ).update(state=Command.State.SUPERSEDED, finished_at=timezone.now())
+        _log(
+            case,
+            acting_user,
+            "replayed",
+            case.state,
+            "Pipeline run again with the active brief version.",
+        )
         try:
             command = rerun(run_id, use_active_version=True)
         except RunFailed as exc:
@@ -177,4 +228,42 @@ def replay_case(case, *, acting_user) -> ExceptionCase:
             ExceptionCase.objects.filter(pk=case.pk).update(command=command)
         enqueue_dispatch()
     case.refresh_from_db()
+    return case
+
+
+def compensated_command_id(case) -> int | None:
+    """Return the command whose ERP document a compensation of ``case`` reverses.
+
+    That is the case's own command, or for an idempotency conflict the
+    earlier command that already created the document.
+    """
+    if case.command_id and case.command.state == Command.State.SUCCEEDED:
+        return case.command_id
+    existing = (case.detail or {}).get("existing_command")
+    return existing if isinstance(existing, int) else None
+
+
+def compensate_case(case, *, acting_user, note: str = "") -> ExceptionCase:
+    """Reverse the ERP document behind the case; the case stays open for a replay."""
+    require(acting_user, "retry_command")
+    from syncflows.services.compensation import compensate_command
+
+    with transaction.atomic():
+        case = _locked(case)
+        _refuse_closed(case, "compensated")
+        command_id = compensated_command_id(case)
+        if command_id is None:
+            raise ActionRefused(
+                f"Case {case.pk} has no command that created an ERP document, so there "
+                "is nothing to reverse."
+            )
+        outcome = compensate_command(command_id, acting_user=acting_user, note=note)
+        text = outcome.get("message") or f"Command {command_id} reversed."
+        _log(
+            case,
+            acting_user,
+            "compensated",
+            case.state,
+            f"{text} Replay to create a new document.",
+        )
     return case

@@ -1,12 +1,13 @@
 """Opening exception cases for pipeline failures, with an owner and an SLA."""
 
 import logging
-from datetime import timedelta
 
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
+from exceptions import sla
 from exceptions.models import CaseHistory, ExceptionCase, Lane, OwnershipRule
+from exceptions.notifications import notify_case
 from meshline.roles import TRIAGE_LEAD
 from syncflows.adapters.base import REASONS
 from syncflows.models import LedgerEntry
@@ -16,17 +17,28 @@ logger = logging.getLogger(__name__)
 
 # Reasons that are about the data before the ERP saw it: a later successful
 # run of the same brief and record makes such a case obsolete.
-PRE_DISPATCH_REASONS = {"schema_invalid", "mapping_missing", "acceptance_failed"}
+PRE_DISPATCH_REASONS = {
+    "schema_invalid",
+    "mapping_missing",
+    "acceptance_failed",
+    # A CRM read-back that failed for good; a later successful run supersedes it.
+    "crm_unavailable",
+    "rate_limited",
+}
 
 
 def pick_rule(keywords, business_unit, destination_id, reason_code):
     """Return the most specific ownership rule that matches, or None.
 
-    Empty rule fields match anything. More filled fields win; among equally
-    specific rules, the lower priority number wins, then the older rule.
+    Empty rule fields match anything. The rule with more filled fields wins.
+    Among equally specific rules the lower priority number wins, and among
+    those the older rule (lower id). A keyword matches when it is one of the
+    brief's keywords.
     """
     candidates = []
-    for rule in OwnershipRule.objects.select_related("lane", "owner_user", "owner_group"):
+    for rule in OwnershipRule.objects.select_related(
+        "lane", "owner_user", "owner_group"
+    ):
         if rule.keyword and rule.keyword not in keywords:
             continue
         if rule.business_unit and rule.business_unit != business_unit:
@@ -49,7 +61,11 @@ def _fallback_lane(reason_code):
     triage = Group.objects.get_or_create(name=TRIAGE_LEAD)[0]
     lane, _ = Lane.objects.get_or_create(
         slug="triage",
-        defaults={"name": "Triage", "owner_group": triage, "description": "Cases no rule claims."},
+        defaults={
+            "name": "Triage",
+            "owner_group": triage,
+            "description": "Cases no rule claims.",
+        },
     )
     return lane
 
@@ -57,7 +73,9 @@ def _fallback_lane(reason_code):
 def open_case_for_failure(failure):
     keywords = list(failure.brief.keywords) if failure.brief else []
     destination_id = failure.destination.pk if failure.destination else None
-    rule = pick_rule(keywords, failure.business_unit, destination_id, failure.reason_code)
+    rule = pick_rule(
+        keywords, failure.business_unit, destination_id, failure.reason_code
+    )
     if rule is not None:
         lane, owner_user, owner_group = rule.lane, rule.owner_user, rule.owner_group
         keyword = rule.keyword or (keywords[0] if keywords else "")
@@ -69,6 +87,7 @@ def open_case_for_failure(failure):
         keyword = keywords[0] if keywords else ""
     title, fix = REASONS.get(failure.reason_code, (failure.reason_code, ""))
     now = timezone.now()
+    # The brief's SLA wins; a failure without a brief takes the lane's.
     sla_hours = failure.brief.sla_hours if failure.brief else lane.sla_hours
     case = ExceptionCase.objects.create(
         reason_code=failure.reason_code,
@@ -89,7 +108,7 @@ def open_case_for_failure(failure):
         command=failure.command,
         event=failure.event,
         opened_at=now,
-        due_at=now + timedelta(hours=sla_hours),
+        due_at=sla.due_at(now, sla_hours, business_hours=lane.business_hours),
     )
     owner = owner_user or owner_group
     CaseHistory.objects.create(
@@ -109,7 +128,10 @@ def open_case_for_failure(failure):
         command=failure.command,
         run=failure.run,
     )
-    logger.info("Case %s opened for %s (%s)", case.pk, failure.record_key, failure.reason_code)
+    logger.info(
+        "Case %s opened for %s (%s)", case.pk, failure.record_key, failure.reason_code
+    )
+    notify_case(case, "opened")
     return case
 
 
@@ -120,14 +142,25 @@ def close_obsolete_cases(record_key, brief_id, run) -> None:
         brief_id=brief_id,
         state__in=ExceptionCase.OPEN_STATES,
         reason_code__in=PRE_DISPATCH_REASONS,
+        # Only failures before any command existed; a failed command's case
+        # closes when that command succeeds.
+        command__isnull=True,
     )
     for case in cases:
-        _auto_resolve(case, f"A later run ({run.pk}) of the same brief queued its command.")
+        if case.command_id is None and run.command_id:
+            # The case page then shows the ERP's answer to the command that fixed it.
+            case.command_id = run.command_id
+            case.save(update_fields=["command"])
+        _auto_resolve(
+            case, f"A later run ({run.pk}) of the same brief queued its command."
+        )
 
 
 def close_cases_of_command(command) -> None:
     """Resolve the open cases of a command that has now succeeded."""
-    cases = ExceptionCase.objects.filter(command=command, state__in=ExceptionCase.OPEN_STATES)
+    cases = ExceptionCase.objects.filter(
+        command=command, state__in=ExceptionCase.OPEN_STATES
+    )
     for case in cases:
         _auto_resolve(case, f"Command {command.pk} succeeded on a later attempt.")
 
@@ -139,7 +172,11 @@ def _auto_resolve(case, note: str) -> None:
     case.resolution_note = note
     case.save(update_fields=["state", "closed_at", "resolution_note"])
     CaseHistory.objects.create(
-        case=case, action="auto_resolved", from_state=previous, to_state=case.state, note=note
+        case=case,
+        action="auto_resolved",
+        from_state=previous,
+        to_state=case.state,
+        note=note,
     )
     ledger.write(
         LedgerEntry.Step.ACTION,

@@ -12,8 +12,14 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
 from exceptions.models import ExceptionCase
-from exceptions.services import actions
-from exceptions.views.forms import DismissForm, ResolveForm
+from exceptions.services import actions, fixes
+from exceptions.views.forms import (
+    CompensateForm,
+    CustomerFixForm,
+    DismissForm,
+    LookupFixForm,
+    ResolveForm,
+)
 from exceptions.views.pages import render_case
 
 logger = logging.getLogger(__name__)
@@ -106,4 +112,74 @@ def dismiss(request, pk):
         case,
         lambda c: actions.dismiss_case(c, acting_user=request.user, reason=reason),
         f"Case {case.pk} is dismissed.",
+    )
+
+
+@require_POST
+def assign(request, pk):
+    from exceptions.views.pages import assign_form
+
+    case = get_case(pk)
+    form = assign_form(request.POST)
+    if not form.is_valid():
+        return render_case(request, pk, forms={"assign": form}, status=400)
+    user, group = form.cleaned_data["user"], form.cleaned_data["group"]
+    return run_action(
+        request,
+        case,
+        lambda c: actions.assign_case(
+            c, acting_user=request.user, user=user, group=group
+        ),
+        f"Case {case.pk} is assigned to {user or group}.",
+    )
+
+
+@require_POST
+def compensate(request, pk):
+    case = get_case(pk)
+    form = CompensateForm(request.POST)
+    if not form.is_valid():
+        return render_case(request, pk, forms={"compensate": form}, status=400)
+    note = form.cleaned_data["note"]
+    return run_action(
+        request,
+        case,
+        lambda c: actions.compensate_case(c, acting_user=request.user, note=note),
+        f"Case {case.pk}: the ERP document was reversed. Replay to create a new one.",
+    )
+
+
+@require_POST
+def fix_lookup(request, pk):
+    case = get_case(pk)
+    form = LookupFixForm(request.POST)
+    if not form.is_valid():
+        return render_case(request, pk, forms={"lookup": form}, status=400)
+    key, value = form.cleaned_data["key"], form.cleaned_data["value"]
+    return run_action(
+        request,
+        case,
+        lambda c: fixes.add_lookup_row_and_retry(
+            c, acting_user=request.user, key=key, value=value
+        ),
+        f"Case {case.pk}: {key} now maps to {value}, and the case was retried.",
+    )
+
+
+@require_POST
+def fix_customer(request, pk):
+    from syncflows.models import SandboxCustomer
+
+    case = get_case(pk)
+    form = CustomerFixForm(request.POST, customers=SandboxCustomer.objects.all())
+    if not form.is_valid():
+        return render_case(request, pk, forms={"customer": form}, status=400)
+    name, link_to = form.cleaned_data["name"], form.cleaned_data["link_to"]
+    return run_action(
+        request,
+        case,
+        lambda c: fixes.add_customer_and_retry(
+            c, acting_user=request.user, name=name, link_to=link_to
+        ),
+        f"Case {case.pk}: the customer is in the ERP now, and the case was retried.",
     )

@@ -1,65 +1,30 @@
-"""Pages of the exception queues: all cases, my work and one case."""
+"""The case page: what failed, the suggested fix, the steps, the history and
+the actions the user's roles allow."""
 
 import json
 
-from django.db.models import Q
+from django.contrib.auth.models import Group
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from exceptions.filters import ExceptionCaseFilter
+from exceptions import sla
 from exceptions.models import ExceptionCase
-from exceptions.views.forms import DismissForm, ResolveForm
+from exceptions.services.actions import compensated_command_id
+from exceptions.services.fixes import fix_for
+from exceptions.views.bulk import assignable_users
+from exceptions.views.forms import (
+    AssignForm,
+    CompensateForm,
+    CustomerFixForm,
+    DismissForm,
+    LookupFixForm,
+    ResolveForm,
+)
 from meshline import roles
-from syncflows.views.lists import render_filtered_list
+from syncflows.models import LedgerEntry
 
-# The filters shown above the table. "More filters" folds away the rest.
-PRIMARY_FILTERS = ("q", "state", "reason_code", "lane", "sla")
-
-
-def case_queryset():
-    return ExceptionCase.objects.select_related(
-        "lane", "owner_user", "owner_group", "brief"
-    ).defer("detail", "resolution_note")
-
-
-@require_GET
-def case_list(request):
-    return render_filtered_list(
-        request,
-        filterset_class=ExceptionCaseFilter,
-        queryset=case_queryset(),
-        template="exceptions/case_list.html",
-        partial="exceptions/partials/case_table.html",
-        context={
-            "nav": "exceptions",
-            "now": timezone.now(),
-            "primary_filters": PRIMARY_FILTERS,
-        },
-    )
-
-
-@require_GET
-def my_work(request):
-    user = request.user
-    mine = Q(owner_user=user) | Q(owner_group__in=user.groups.all())
-    queryset = case_queryset().filter(mine, state__in=ExceptionCase.OPEN_STATES)
-    return render_filtered_list(
-        request,
-        filterset_class=ExceptionCaseFilter,
-        queryset=queryset,
-        template="exceptions/my_work.html",
-        partial="exceptions/partials/case_table.html",
-        context={
-            "nav": "mine",
-            "now": timezone.now(),
-            "empty_text": (
-                "Nothing is waiting for you. Open cases owned by you or by one "
-                "of your groups appear here."
-            ),
-            "primary_filters": PRIMARY_FILTERS,
-        },
-    )
+MAX_STEPS = 200
 
 
 @require_GET
@@ -69,6 +34,7 @@ def case_detail(request, pk):
 
 def render_case(request, pk, *, forms=None, status=200):
     """Render the case page, with any bound ``forms`` that failed validation."""
+    roles.require(request.user, "view")
     case = get_object_or_404(
         ExceptionCase.objects.select_related(
             "lane", "owner_user", "owner_group", "brief", "destination", "command"
@@ -76,30 +42,112 @@ def render_case(request, pk, *, forms=None, status=200):
         pk=pk,
     )
     forms = forms or {}
+    now = timezone.now()
+    fix = fix_for(case) if case.is_open else None
     context = {
         "nav": "exceptions",
         "case": case,
-        "is_overdue": case.is_open and case.due_at < timezone.now(),
+        "now": now,
+        "is_overdue": case.is_open and case.due_at < now,
+        "time_left": sla.format_time_left(case.due_at, now),
         "detail_rows": detail_rows(case.detail),
         "history": case.history.select_related("actor"),
-        "allowed": allowed_actions(request.user, case),
-        "resolve_form": forms.get("resolve") or ResolveForm(),
-        "dismiss_form": forms.get("dismiss") or DismissForm(),
+        "steps": step_rows(case),
+        "allowed": allowed_actions(request.user, case, fix),
+        "fix": fix,
+        "next_case": next_case(case),
+        **action_forms(case, fix, forms),
     }
     return render(request, "exceptions/case_detail.html", context, status=status)
 
 
-def allowed_actions(user, case) -> dict[str, bool]:
+def assign_form(data=None) -> AssignForm:
+    return AssignForm(
+        data,
+        users=assignable_users(),
+        groups=Group.objects.filter(name__in=roles.POLICY["triage_case"]).order_by(
+            "name"
+        ),
+    )
+
+
+def action_forms(case, fix, bound) -> dict:
+    lookup_initial = (
+        {"key": fix["key"], "value": fix["current_value"] or ""}
+        if fix and fix["kind"] == "lookup"
+        else None
+    )
+    customer_form = None
+    if fix and fix["kind"] == "customer":
+        customer_form = bound.get("customer") or CustomerFixForm(
+            initial={"name": fix["name"]},
+            customers=fix["destination"].sandbox_customers.order_by("name"),
+        )
+    return {
+        "resolve_form": bound.get("resolve") or ResolveForm(),
+        "dismiss_form": bound.get("dismiss") or DismissForm(),
+        "assign_form": bound.get("assign") or assign_form(),
+        "compensate_form": bound.get("compensate") or CompensateForm(),
+        "lookup_form": bound.get("lookup") or LookupFixForm(initial=lookup_initial),
+        "customer_form": customer_form,
+    }
+
+
+def step_rows(case) -> list[dict]:
+    """Return the ledger steps of the case's record, with payloads as JSON text."""
+    entries = (
+        LedgerEntry.objects.filter(record_key=case.record_key)
+        .select_related("actor")
+        .order_by("id")[:MAX_STEPS]
+    )
+    return [
+        {
+            "entry": entry,
+            "before": pretty(entry.payload_before),
+            "after": pretty(entry.payload_after),
+        }
+        for entry in entries
+    ]
+
+
+def pretty(value) -> str:
+    if value is None:
+        return ""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def next_case(case):
+    """Return the next open case of the lane by due time, for the "next" move."""
+    later = ExceptionCase.objects.filter(
+        lane_id=case.lane_id, state__in=ExceptionCase.OPEN_STATES
+    ).exclude(pk=case.pk)
+    after = later.filter(due_at__gt=case.due_at) | later.filter(
+        due_at=case.due_at, pk__gt=case.pk
+    )
+    return (
+        after.order_by("due_at", "id").only("pk").first()
+        or later.order_by("due_at", "id").only("pk").first()
+    )
+
+
+def allowed_actions(user, case, fix=None) -> dict[str, bool]:
     """Return the action buttons to show. The services check the same rules."""
     if not case.is_open:
         return {}
     triage = roles.can(user, "triage_case")
+    retry = roles.can(user, "retry_command")
     has_work = case.command_id is not None or case.run_id is not None
     allowed = {
-        "retry": roles.can(user, "retry_command") and has_work,
+        "retry": retry and has_work,
         "replay": roles.can(user, "replay_event") and has_work,
         "acknowledge": triage and case.state != ExceptionCase.State.ACKNOWLEDGED,
         "assign_to_me": triage and case.owner_user_id != user.pk,
+        "assign": triage,
+        "compensate": retry and compensated_command_id(case) is not None,
+        "fix": triage
+        and retry
+        and fix is not None
+        and fix["kind"] in ("lookup", "customer"),
         "resolve": triage,
         "dismiss": triage,
     }

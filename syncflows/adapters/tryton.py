@@ -830,7 +830,7 @@ def _parse_reference(reference: str, model: str) -> int:
 
 
 def _sale_date(close_date) -> date | None:
-    """Parse the close date; without one, Tryton's confirm sets today's date."""
+    """Parse the close date. Without one, Tryton's confirm sets today's date."""
     if close_date in (None, ""):
         return None
     try:

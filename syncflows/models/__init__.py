@@ -13,6 +13,16 @@ from syncflows.models.sandbox import (
     SandboxProduct,
 )
 from syncflows.models.triggers import Trigger, TriggerVersion
+from syncflows.models.lifecycle import (  # noqa: E402 (after the models it references)
+    Approval,
+    BriefAudit,
+    ShadowDiff,
+    ShadowResult,
+    SyntheticResult,
+    SyntheticRun,
+    SyntheticTest,
+    TriggerChange,
+)
 
 __all__ = [
     "Brief",
@@ -36,4 +46,16 @@ __all__ = [
     "SyncRun",
     "Trigger",
     "TriggerVersion",
+    "Approval",
+    "BriefAudit",
+    "ShadowDiff",
+    "ShadowResult",
+    "SyntheticResult",
+    "SyntheticRun",
+    "SyntheticTest",
+    "TriggerChange",
 ]
+
+from syncflows.models.crm import ConnectorApiAccess, ConnectorHealth  # noqa: E402
+
+__all__ += ["ConnectorApiAccess", "ConnectorHealth"]

@@ -87,6 +87,37 @@ class BriefVersion(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    based_on = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The version this draft was copied from.",
+    )
+    triggers = models.ManyToManyField(
+        "syncflows.Trigger",
+        related_name="brief_versions",
+        blank=True,
+        help_text=(
+            "The triggers this version runs on. Activating the version copies them "
+            "to the brief; an empty list means the brief's triggers."
+        ),
+    )
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    # Rollout of an approved version beside the active one.
+    canary_business_unit = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Business unit that runs this version while the others keep the active one.",
+    )
+    canary_started_at = models.DateTimeField(null=True, blank=True)
+    shadow_started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while the version runs in shadow mode: mapped and diffed, never sent.",
+    )
 
     class Meta:
         ordering = ["brief", "-number"]
@@ -98,7 +129,32 @@ class BriefVersion(models.Model):
                 condition=models.Q(state="active"),
                 name="brief_one_active_version",
             ),
+            # One canary per brief: config.load_config picks it by business unit.
+            models.UniqueConstraint(
+                fields=["brief"],
+                condition=~models.Q(canary_business_unit=""),
+                name="brief_one_canary_version",
+            ),
+            # One open version per brief, so edits never fork into two drafts.
+            models.UniqueConstraint(
+                fields=["brief"],
+                condition=models.Q(state__in=["draft", "in_review"]),
+                name="brief_one_open_version",
+            ),
         ]
 
     def __str__(self):
         return f"{self.brief.slug} v{self.number}"
+
+    @property
+    def is_canary(self) -> bool:
+        return bool(self.canary_business_unit)
+
+    @property
+    def is_shadow(self) -> bool:
+        return self.shadow_started_at is not None
+
+    @property
+    def was_approved(self) -> bool:
+        """True for a version that passed sign-off or ran as the active version."""
+        return self.approved_at is not None or self.activated_at is not None

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 import jsonschema
+from django.db.models import Q
 
 from syncflows.models import BriefVersion, LookupRow, LookupTable, Route, Trigger
 
@@ -22,6 +23,32 @@ class PipelineConfig:
     lookups: dict = field(default_factory=dict)  # slug → {key: value}
     missing_reasons: dict = field(default_factory=dict)  # slug → reason code
     routes: list = field(default_factory=list)
+    # Approved versions beside the active ones: a canary runs instead of the
+    # active version for its business unit; a shadow version runs beside it
+    # and is only stored and diffed.
+    active_by_brief: dict = field(default_factory=dict)  # brief id → BriefVersion
+    canary_by_brief: dict = field(default_factory=dict)  # brief id → BriefVersion
+    canaries_by_trigger: dict = field(default_factory=dict)  # trigger id → [BriefVersion]
+    shadows_by_trigger: dict = field(default_factory=dict)  # trigger id → [BriefVersion]
+
+    def versions_for(self, trigger_id: int, business_unit: str) -> list:
+        """The versions to run for a trigger match in a business unit: per brief,
+        its canary when the canary is for this unit, else its active version."""
+        chosen = []
+        for version in self.versions_by_trigger.get(trigger_id, []):
+            canary = self.canary_by_brief.get(version.brief_id)
+            if canary is None or canary.canary_business_unit != business_unit:
+                chosen.append(version)
+        for canary in self.canaries_by_trigger.get(trigger_id, []):
+            if canary.canary_business_unit == business_unit:
+                chosen.append(canary)
+        return chosen
+
+    def live_version(self, brief_id: int, business_unit: str):
+        canary = self.canary_by_brief.get(brief_id)
+        if canary is not None and canary.canary_business_unit == business_unit:
+            return canary
+        return self.active_by_brief.get(brief_id)
 
     def triggers_for(self, namespace: str, object_type: str):
         """Yield active triggers for an object type in a connector namespace; a
@@ -63,6 +90,8 @@ def load_config() -> PipelineConfig:
     for trigger_id, brief_id in through:
         if brief_id in by_brief:
             config.versions_by_trigger.setdefault(trigger_id, []).append(by_brief[brief_id])
+    config.active_by_brief = by_brief
+    _load_rollouts(config, through)
     config.lookups, config.missing_reasons = _load_lookups()
     config.routes = list(
         Route.objects.filter(is_active=True, destination__is_active=True).select_related(
@@ -70,6 +99,36 @@ def load_config() -> PipelineConfig:
         )
     )
     return config
+
+
+def _load_rollouts(config, brief_triggers) -> None:
+    """Add canary and shadow versions; each runs on its own trigger binding,
+    or on the brief's triggers when it has none."""
+    rollouts = list(
+        BriefVersion.objects.filter(state=BriefVersion.State.APPROVED)
+        .filter(~Q(canary_business_unit="") | Q(shadow_started_at__isnull=False))
+        .select_related("brief")
+    )
+    if not rollouts:
+        return
+    trigger_ids = {t.pk for t in config.triggers}
+    bound: dict = {}
+    for version_id, trigger_id in BriefVersion.triggers.through.objects.filter(
+        briefversion_id__in=[v.pk for v in rollouts]
+    ).values_list("briefversion_id", "trigger_id"):
+        bound.setdefault(version_id, set()).add(trigger_id)
+    by_brief: dict = {}
+    for trigger_id, brief_id in brief_triggers:
+        by_brief.setdefault(brief_id, set()).add(trigger_id)
+    for version in rollouts:
+        triggers = bound.get(version.pk) or by_brief.get(version.brief_id, set())
+        if version.canary_business_unit:
+            config.canary_by_brief[version.brief_id] = version
+        for trigger_id in triggers & trigger_ids:
+            if version.canary_business_unit:
+                config.canaries_by_trigger.setdefault(trigger_id, []).append(version)
+            if version.shadow_started_at is not None:
+                config.shadows_by_trigger.setdefault(trigger_id, []).append(version)
 
 
 _lookup_cache: dict = {"versions": None, "tables": {}, "reasons": {}}

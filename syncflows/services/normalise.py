@@ -68,7 +68,10 @@ def apply_event(event, parsed) -> RecordChange:
 
     structural = parsed.change_type in {"create", "delete", "merge"}
     is_stale = bool(skipped) and not applied and not structural
-    if parsed.change_type == "delete" and not record.is_deleted:
+    # A deletion under a merged-away id is the CRM removing the loser of a
+    # merge; the surviving record is not deleted.
+    via_alias = record.record_id != event.record_id
+    if parsed.change_type == "delete" and not record.is_deleted and not via_alias:
         record.is_deleted = True
         changed.append("is_deleted")
 

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils.datastructures import CaseInsensitiveMapping
 
 from syncflows.connectors import DeliveryRejected, DeliveryRequest, ParseError, get_kind
@@ -89,16 +89,26 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
             with transaction.atomic():
                 result = _store_events(connector, request, content_hash, parsed, replay_of)
             break
-        except IntegrityError:
-            if attempt == 2:
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == 2 or not _is_retryable(exc):
                 raise
-            logger.info("Dedupe race on connector %s; retrying the receive", connector.slug)
+            logger.info(
+                "Receive on connector %s conflicted (%s); retrying", connector.slug, type(exc).__name__
+            )
 
     if result.change_ids:
         from syncflows.tasks import enqueue_changes
 
         enqueue_changes(result.change_ids)
     return result
+
+
+def _is_retryable(exc) -> bool:
+    """A dedupe race, a deadlock or a serialization failure: worth one more try."""
+    if isinstance(exc, IntegrityError):
+        return True
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return sqlstate in ("40P01", "40001")
 
 
 def _store_failed(connector, request, content_hash, status, exc, replay_of) -> Delivery:

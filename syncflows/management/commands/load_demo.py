@@ -24,6 +24,7 @@ DEMO_USERS = [
 ]
 DEMO_PASSWORD = "meshline-demo"
 
+ERP_CHOICES = ("sandbox", "tryton")
 # The defaults match what ``setup_tryton`` prepares with its own defaults.
 TRYTON_DEFAULTS = {
     "url": "http://127.0.0.1:8069",
@@ -61,7 +62,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--erp",
-            choices=["sandbox", "tryton"],
+            choices=ERP_CHOICES,
             default=_env("MESHLINE_DEMO_ERP", "sandbox"),
             help="Where the demo routes its orders: the embedded sandbox, or a local "
             "Tryton prepared by setup_tryton. Default: $MESHLINE_DEMO_ERP, else "
@@ -90,18 +91,27 @@ class Command(BaseCommand):
             default=_env(
                 "MESHLINE_DEMO_TRYTON_PASSWORD_FILE", _default_password_file()
             ),
-            help="File holding the Tryton user's password; the destination stores "
-            "only its path. Default: $MESHLINE_DEMO_TRYTON_PASSWORD_FILE, else "
+            help="File that contains the Tryton user's password. The destination "
+            "stores only its path. Default: $MESHLINE_DEMO_TRYTON_PASSWORD_FILE, else "
             "setup_tryton's admin password file (%(default)s).",
         )
 
     def handle(self, *args, **options):
+        # argparse checks choices only for values given on the command line.
+        if options["erp"] not in ERP_CHOICES:
+            raise CommandError(
+                f"Unknown demo ERP {options['erp']!r} (from MESHLINE_DEMO_ERP); "
+                f"use one of {', '.join(ERP_CHOICES)}."
+            )
         if options["erp"] == "tryton":
             settings = self._tryton_settings(options)
             connectors = load_demo_configuration("tryton", settings)
             self._check_tryton(settings)
         else:
             connectors = load_demo_configuration()
+        from exceptions.demo import load_demo_lanes
+
+        load_demo_lanes()
         self.stdout.write("Connectors (POST deliveries to /api/v1/inbound/<slug>/):")
         for slug, connector in connectors.items():
             secret = DEMO_SECRETS.get(slug) or "(none: checked by organisation id)"
