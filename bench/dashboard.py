@@ -20,6 +20,10 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+# Run as a script, Python puts bench/ first on the path, where bench/queue.py
+# would shadow the standard library's queue module.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/meshline_bench_reporting"

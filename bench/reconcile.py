@@ -21,6 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, Python puts bench/ first on the path, where bench/queue.py
+# would shadow the standard library's queue module.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/meshline_bench_reconcile"

@@ -24,6 +24,7 @@ Run: ``python -m bench.tryton`` (``bench/run`` sets the database up).
 import argparse
 import copy
 import hashlib
+import shutil
 import statistics
 import tempfile
 import threading
@@ -322,6 +323,8 @@ def main() -> None:
         meshline_rates, bare_rates = run_rounds(args, server, connector, destination)
     finally:
         server.stop()
+    # The copy of the Tryton database and its log are kept only after a failure.
+    shutil.rmtree(workdir)
     meshline = statistics.median(meshline_rates)
     bare = statistics.median(bare_rates)
     print(f"meshline (median)  {meshline:6.2f} deals/s")

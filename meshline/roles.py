@@ -23,6 +23,9 @@ POLICY = {
     "triage_case": {FINANCE, PRICING_OPS, MASTER_DATA, TRIAGE_LEAD, ADMIN},
     "replay_event": {SALES_OPS, FINANCE, TRIAGE_LEAD, ADMIN},
     "retry_command": {FINANCE, TRIAGE_LEAD, ADMIN},
+    # Applying a suggested fix (a lookup row, a customer link) and retrying in
+    # one step: the lane owners who know the data may do it.
+    "fix_case": {FINANCE, PRICING_OPS, MASTER_DATA, TRIAGE_LEAD, ADMIN},
     "edit_configuration": {ADMIN},
     # Brief lifecycle: who writes versions and who releases approved ones.
     # Approving a side is tied to its role (Sales Ops: CRM, Finance: ERP).

@@ -242,11 +242,24 @@ def test_fix_mapping_then_retry(
     ]
 
 
-def test_fix_refused_to_pricing_ops(mapping_case, users):
+def test_fix_allowed_to_pricing_ops(mapping_case, users):
+    # Pricing Ops owns the pricing lane, so it may apply the fix and retry,
+    # although it may not retry a command on its own.
+    fixes.add_lookup_row_and_retry(
+        mapping_case,
+        acting_user=users["pricing"],
+        key="FAKE-SKU-404",
+        value="FAKE-SKU-200",
+    )
+    mapping_case.refresh_from_db()
+    assert mapping_case.state == "resolved"
+
+
+def test_fix_refused_to_viewer(mapping_case, users):
     with pytest.raises(PermissionDenied):
         fixes.add_lookup_row_and_retry(
             mapping_case,
-            acting_user=users["pricing"],
+            acting_user=users["viewer"],
             key="FAKE-SKU-404",
             value="FAKE-SKU-200",
         )

@@ -276,3 +276,26 @@ def test_c14_signature_over_raw_bytes(demo):
     events = kind.parse(connector, request)
     assert events[0].fields["name"] == case["expected"]["erp_partner"]["name"]
     assert f"hubspot:company:{events[0].record_id}" == case["expected"]["erp_partner"]["crm_ref"]
+
+
+def test_c07_pricing_ops_fixes_in_one_step(
+    generic_deals, send, django_capture_on_commit_callbacks
+):
+    from exceptions.services.fixes import add_lookup_row_and_retry
+
+    case = load_case("C07-missing-product-mapping")
+    body = {**case["input"]["closed_deal"], "customer": "pipedrive:organization:201"}
+    send.generic(body, secret="whsec_deals", slug="deals-json")
+    exception = ExceptionCase.objects.get()
+    sandbox = SandboxProduct.objects.first().destination
+    SandboxProduct.objects.create(destination=sandbox, code="FAKE-SKU-404-ERP", name="Replacement")
+    pricing = make_user("pia", "Pricing Ops")
+    with django_capture_on_commit_callbacks(execute=True):
+        add_lookup_row_and_retry(
+            exception, acting_user=pricing, key="FAKE-SKU-404", value="FAKE-SKU-404-ERP"
+        )
+    order = SandboxOrder.objects.get()
+    assert order.total == Decimal("1234.56")
+    assert [line["sku"] for line in order.lines] == ["FAKE-SKU-100", "FAKE-SKU-404-ERP"]
+    exception.refresh_from_db()
+    assert exception.state == "resolved"

@@ -321,7 +321,7 @@ def test_base_layout_has_logout_form_and_skip_link(client, viewer):
     assert [form.get("action") for form in logout] == [reverse("logout")]
     assert document.xpath('//a[@class="skip-link"]/@href') == ["#content"]
     scripts = document.xpath("//script/@src")
-    assert scripts == ["/static/vendor/htmx/htmx.min.js"]
+    assert scripts == ["/static/vendor/htmx/htmx.min.js", "/static/js/meshline.js"]
 
 
 # HTMX requests get only the table partial.

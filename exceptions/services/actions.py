@@ -139,10 +139,11 @@ def dismiss_case(case, *, acting_user, reason: str) -> ExceptionCase:
     return case
 
 
-def retry_case(case, *, acting_user) -> ExceptionCase:
+def retry_case(case, *, acting_user, permission: str = "retry_command") -> ExceptionCase:
     """Send the same command again, or run the same brief version again when
-    the failure came before a command existed."""
-    require(acting_user, "retry_command")
+    the failure came before a command existed. ``permission`` is the policy
+    action checked: a suggested fix checks ``fix_case`` instead."""
+    require(acting_user, permission)
     from syncflows.services.pipeline import RunFailed, rerun
     from syncflows.tasks import enqueue_dispatch
 
@@ -192,10 +193,10 @@ def retry_case(case, *, acting_user) -> ExceptionCase:
     return case
 
 
-def replay_case(case, *, acting_user) -> ExceptionCase:
+def replay_case(case, *, acting_user, permission: str = "replay_event") -> ExceptionCase:
     """Run the pipeline again from the record's stored state with the brief's
     current active version."""
-    require(acting_user, "replay_event")
+    require(acting_user, permission)
     from syncflows.services.pipeline import RunFailed, rerun
     from syncflows.tasks import enqueue_dispatch
 

@@ -120,8 +120,7 @@ BUILDERS = {
 
 
 def _require_fix_roles(user) -> None:
-    require(user, "triage_case")
-    require(user, "retry_command")
+    require(user, "fix_case")
 
 
 def _refuse_closed(case) -> None:
@@ -155,8 +154,8 @@ def _record_fix(case, user, note: str) -> None:
 def _retry_after_fix(case, user) -> ExceptionCase:
     """Retry, or replay when the failed command holds the old mapped value."""
     if case.reason_code == "mapping_missing" and case.command_id:
-        return replay_case(case, acting_user=user)
-    return retry_case(case, acting_user=user)
+        return replay_case(case, acting_user=user, permission="fix_case")
+    return retry_case(case, acting_user=user, permission="fix_case")
 
 
 def add_lookup_row_and_retry(
@@ -219,4 +218,4 @@ def add_customer_and_retry(
             acting_user,
             f"{verb} customer {name} for {fix['reference']} in {destination.name}.",
         )
-    return retry_case(case, acting_user=acting_user)
+    return retry_case(case, acting_user=acting_user, permission="fix_case")

@@ -144,8 +144,7 @@ def allowed_actions(user, case, fix=None) -> dict[str, bool]:
         "assign_to_me": triage and case.owner_user_id != user.pk,
         "assign": triage,
         "compensate": retry and compensated_command_id(case) is not None,
-        "fix": triage
-        and retry
+        "fix": roles.can(user, "fix_case")
         and fix is not None
         and fix["kind"] in ("lookup", "customer"),
         "resolve": triage,

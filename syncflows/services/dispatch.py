@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -345,10 +345,27 @@ def _run_safely(command_id: int, worker: str) -> None:
 
 
 def _run_in_thread(command_id: int, worker: str) -> None:
-    try:
-        _run_safely(command_id, worker)
-    finally:
-        connections.close_all()
+    # Threads of the process-wide pool keep their database connection between
+    # commands (CONN_MAX_AGE); drop it only when it is broken or too old.
+    close_old_connections()
+    _run_safely(command_id, worker)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _thread_pool(size: int) -> ThreadPoolExecutor:
+    """Return the worker process's dispatch pool, built once per size."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != size:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="dispatch")
+            _pool_size = size
+        return _pool
 
 
 def dispatch_due(
@@ -367,21 +384,17 @@ def dispatch_due(
     concurrency = concurrency or settings.MESHLINE_DISPATCH_CONCURRENCY
     limit = limit or max(20, concurrency * 4)
     total = 0
-    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dispatch") if concurrency > 1 else None
-    try:
-        for _ in range(max_batches):
-            ids = claim(limit, worker)
-            if not ids:
-                break
-            if pool is None:
-                for command_id in ids:
-                    _run_safely(command_id, worker)
-            else:
-                list(pool.map(lambda pk: _run_in_thread(pk, worker), ids))
-            total += len(ids)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+    pool = _thread_pool(concurrency) if concurrency > 1 else None
+    for _ in range(max_batches):
+        ids = claim(limit, worker)
+        if not ids:
+            break
+        if pool is None:
+            for command_id in ids:
+                _run_safely(command_id, worker)
+        else:
+            list(pool.map(lambda pk: _run_in_thread(pk, worker), ids))
+        total += len(ids)
     return total
 
 
