@@ -16,6 +16,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import SimpleRouter
 
 from exceptions.api.views import ExceptionCaseViewSet
+from reporting.api.views import kpis
 from syncflows.api.views import (
     CommandViewSet,
     DeliveryViewSet,
@@ -40,6 +41,7 @@ router.register("commands", CommandViewSet, basename="command")
 router.register("cases", ExceptionCaseViewSet, basename="exception-case")
 
 urlpatterns = [
+    path("kpis/", kpis, name="kpis"),
     path("trace/", TraceSearchView.as_view(), name="trace-search"),
     path("trace/<path:record_key>/", TraceDetailView.as_view(), name="trace-detail"),
     path(

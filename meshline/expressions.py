@@ -98,14 +98,27 @@ def check_expression(source: str, allowed_variables) -> list[str]:
         return [exc.message]
     problems = []
     refs = program.references()
+    # The parser reports ``decimal.eq(a, b)`` as the variable "decimal" and the
+    # function "eq", and the ``l`` of ``items.map(l, ...)`` as a variable.
+    namespaces = {name.split(".", 1)[0] for name in CUSTOM_FUNCTIONS if "." in name}
+    short_names = {name.rsplit(".", 1)[1] for name in CUSTOM_FUNCTIONS if "." in name}
+    bound = set(_MACRO_VARIABLE.findall(source))
     for variable in refs.get("variables", []):
-        if variable not in allowed_variables:
-            allowed = ", ".join(sorted(allowed_variables))
-            problems.append(f"Unknown variable {variable!r}: use one of {allowed}.")
+        if variable in allowed_variables or variable in namespaces or variable in bound:
+            continue
+        allowed = ", ".join(sorted(allowed_variables))
+        problems.append(f"Unknown variable {variable!r}: use one of {allowed}.")
     for function in refs.get("functions", []):
-        if function not in _BUILTIN_FUNCTIONS and function not in CUSTOM_FUNCTIONS:
+        known = function in _BUILTIN_FUNCTIONS or function in CUSTOM_FUNCTIONS
+        if not known and function not in short_names:
             problems.append(f"Unknown function {function!r}.")
     return problems
+
+
+# The variable a comprehension macro binds: ``.map(l, ...)``, ``.all(x, ...)``.
+_MACRO_VARIABLE = re.compile(
+    r"\.(?:map|filter|all|exists|exists_one)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,"
+)
 
 
 def _dec(value, what="amount") -> Decimal:

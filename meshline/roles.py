@@ -31,6 +31,12 @@ POLICY = {
     # Approving a side is tied to its role (Sales Ops: CRM, Finance: ERP).
     "edit_brief": {SALES_OPS, ADMIN},
     "release_brief": {SALES_OPS, FINANCE, ADMIN},
+    # Sending or importing CRM deliveries with an API token or a command.
+    "ingest": {SALES_OPS, ADMIN},
+    # Data protection: the retention job and data-subject export and erasure.
+    "run_retention": {ADMIN},
+    "export_subject": {ADMIN},
+    "erase_subject": {ADMIN},
 }
 
 

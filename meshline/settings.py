@@ -284,3 +284,30 @@ if MESHLINE_CANARY_POLICY not in ("schema_change", "always", "never"):
         f"MESHLINE_CANARY_POLICY={MESHLINE_CANARY_POLICY!r} is invalid: use "
         "schema_change, always or never."
     )
+
+# Security and data protection.
+# Logins go through the lock-out backend (meshline/lockout.py): after this many
+# failed logins within the window, the user name (or, with the per-IP limit,
+# the client IP) is locked out for the lock-out period, in minutes.
+AUTHENTICATION_BACKENDS = ["meshline.lockout.LockoutModelBackend"]
+MESHLINE_LOGIN_MAX_FAILURES = env_int("MESHLINE_LOGIN_MAX_FAILURES", 5, minimum=1)
+MESHLINE_LOGIN_MAX_FAILURES_PER_IP = env_int(
+    "MESHLINE_LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1
+)
+MESHLINE_LOGIN_FAILURE_WINDOW_MINUTES = env_int(
+    "MESHLINE_LOGIN_FAILURE_WINDOW_MINUTES", 15, minimum=1
+)
+MESHLINE_LOGIN_LOCKOUT_MINUTES = env_int("MESHLINE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
+# The request header (as a META key) that holds the client IP when a proxy sits
+# in front of gunicorn, for example HTTP_X_FORWARDED_FOR. Empty uses REMOTE_ADDR.
+MESHLINE_CLIENT_IP_HEADER = env_str("MESHLINE_CLIENT_IP_HEADER", "")
+# The API takes a console session or an API token (meshline/authentication.py).
+# Session comes first, so an anonymous request is answered 403 as before.
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "rest_framework.authentication.SessionAuthentication",
+    "meshline.authentication.TokenAuthentication",
+]
+REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"] = ["meshline.authentication.DefaultPolicy"]
+# Days that raw delivery bodies and ledger payloads keep their personal fields;
+# after that the retention job (manage.py retention, run daily) removes them.
+MESHLINE_RETENTION_DAYS = env_int("MESHLINE_RETENTION_DAYS", 180, minimum=1)

@@ -166,10 +166,16 @@ class BriefVersionForm(forms.ModelForm):
 
 
 class BriefVersionInline(admin.StackedInline):
+    """Versions are shown read-only: drafts are edited, reviewed and approved
+    on the brief pages, which keep the two-party sign-off."""
+
     model = models.BriefVersion
     form = BriefVersionForm
     extra = 0
+    max_num = 0
+    can_delete = False
     fields = ["number", "state", "command_type", "mapping", "command_schema", "acceptance", "ready_condition"]
+    readonly_fields = fields
 
 
 @admin.register(models.Brief)

@@ -394,4 +394,7 @@ def test_query_count_is_constant(dataset):
         rows.sync(version, at(2, hour))
     with CaptureQueriesContext(connection) as more:
         kpis(segment="keyword")
-    assert len(more) == len(few) == 7
+    # Seven aggregate queries; PostgreSQL adds a savepoint, "SET LOCAL jit"
+    # and the release around them.
+    expected = 10 if connection.vendor == "postgresql" else 7
+    assert len(more) == len(few) == expected

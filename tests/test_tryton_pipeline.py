@@ -52,7 +52,7 @@ def rpc(tryton_server):
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def password_file(tryton_server, tmp_path_factory):
     path = tmp_path_factory.mktemp("tryton-secret") / "admin-password"
     path.write_text(tryton_server.password + "\n")
@@ -258,12 +258,6 @@ def test_outbound_cpq_discounted_sale(tryton_demo, send, rpc, watermark):
     assert ExceptionCase.objects.count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="setup_tryton.CUSTOMERS has no party for the salesforce_outbound "
-    "accounts that the demo knows, so Outbound Message deals fail with "
-    "master_data_missing in Tryton.",
-)
 def test_tryton_has_demo_customers():
     from syncflows.demo import CUSTOMERS
 

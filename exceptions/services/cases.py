@@ -129,7 +129,11 @@ def open_case_for_failure(failure):
         run=failure.run,
     )
     logger.info(
-        "Case %s opened for %s (%s)", case.pk, failure.record_key, failure.reason_code
+        "Case %s opened for %s (%s)",
+        case.pk,
+        failure.record_key,
+        failure.reason_code,
+        extra={"case_id": case.pk, "command_id": getattr(failure.command, "pk", None)},
     )
     notify_case(case, "opened")
     return case
@@ -184,4 +188,6 @@ def _auto_resolve(case, note: str) -> None:
         record_key=case.record_key,
         case_id=case.pk,
     )
-    logger.info("Case %s resolved automatically: %s", case.pk, note)
+    logger.info(
+        "Case %s resolved automatically: %s", case.pk, note, extra={"case_id": case.pk}
+    )

@@ -7,8 +7,9 @@ class DeclaredSchema(models.Model):
 
     ``fields`` maps a field name to ``{"type": ..., "required": bool}`` with
     JSON types (string, number, integer, boolean, object, array). A required
-    field missing from a delivered record counts as removed at once; an
-    optional one only when no delivery carried it during the nightly window.
+    field missing from a delivered record counts as removed at once. An
+    optional field counts as removed only when no delivery in the nightly
+    window carried it.
     """
 
     connector = models.ForeignKey("syncflows.Connector", on_delete=models.CASCADE)
@@ -96,7 +97,8 @@ class DriftFinding(models.Model):
     class Meta:
         ordering = ["-detected_at", "-id"]
         constraints = [
-            # The guard's lookup: one open finding per field and kind.
+            # One open finding per source, field and kind: later deliveries
+            # showing the same drift refresh it instead of adding rows.
             models.UniqueConstraint(
                 fields=["connector", "object_type", "kind", "field_name"],
                 condition=models.Q(state="open"),

@@ -128,7 +128,7 @@ def _amount_text(amount, currency: str) -> str:
 
 
 class ErpInvoiceSnapshot(models.Model):
-    """What reconciliation last read from the ERP about one synced order.
+    """The invoice data that reconciliation last read for one synced order.
 
     The KPIs for days to cash and invoice accuracy read this table, so that
     they stay SQL aggregates instead of ERP calls.

@@ -14,10 +14,10 @@ Definitions:
   exception case names the run or the command, and no person took an action
   on the command (a ledger "action" row with an actor).
 - Exception rate: syncs with at least one exception case, over all syncs.
-- Time to triage: opened to acknowledged; time to resolve: opened to
-  resolved; SLA compliance: cases closed by their due time, over cases
-  closed plus open cases already past due. Cases count in the bucket in
-  which they were opened.
+- Time to triage runs from opening to acknowledgement, and time to resolve
+  from opening to resolution. SLA compliance is the cases closed by their
+  due time, over the cases closed plus the open cases already past due.
+  Cases count in the bucket in which they were opened.
 - Days to cash: CRM close date to ERP payment date, for synced orders paid
   in the bucket. Invoice accuracy: synced invoices without a credit note,
   over synced invoices. Both read the snapshots that reconciliation stores.
@@ -307,6 +307,24 @@ def _seconds_between(later: str, earlier: str):
 # The sources.
 
 
+def _with_unit_and_destination(queryset, filters: Filters, destination_path: str):
+    """Annotate the business unit and destination only when a query needs them.
+
+    Each costs joins on every row, and an annotation is computed whether or
+    not the grouping uses it.
+    """
+    if filters.segment == "business_unit" or filters.business_unit:
+        unit = Coalesce(
+            NullIf("record__business_unit", Value("")),
+            "record__connector__business_unit",
+        )
+        queryset = queryset.annotate(kpi_bu=_text(unit))
+    if filters.segment == "destination" or filters.destination:
+        destination = Coalesce(destination_path, Value(""))
+        queryset = queryset.annotate(kpi_destination=_text(destination))
+    return queryset
+
+
 def sync_source(filters: Filters, brief_ids) -> Source:
     has_case = Exists(ExceptionCase.objects.filter(run=OuterRef("pk"))) | Exists(
         ExceptionCase.objects.filter(command=OuterRef("command_id"))
@@ -322,17 +340,8 @@ def sync_source(filters: Filters, brief_ids) -> Source:
         state__in=[SyncRun.State.QUEUED, SyncRun.State.FAILED],
         created_at__gte=filters.start_at(),
         created_at__lt=filters.end_at(),
-    ).annotate(
-        kpi_bu=_text(
-            Coalesce(
-                NullIf("record__business_unit", Value("")),
-                "record__connector__business_unit",
-            )
-        ),
-        kpi_destination=_text(Coalesce("command__destination__slug", Value(""))),
-        kpi_has_case=has_case,
-        kpi_human=human_action,
-    )
+    ).annotate(kpi_has_case=has_case, kpi_human=human_action)
+    runs = _with_unit_and_destination(runs, filters, "command__destination__slug")
     runs = _filter_common(runs, filters, brief_ids, "brief_version__brief_id")
     clean = Q(state=SyncRun.State.QUEUED, command__state=Command.State.SUCCEEDED) & Q(
         kpi_has_case=False, kpi_human=False
@@ -476,9 +485,10 @@ def _brief_ids(filters: Filters, keywords: dict):
 def _without_jit():
     """Turn PostgreSQL's JIT off for the KPI queries.
 
-    Their cost estimates pass the JIT thresholds on large tables, and with
-    1,000,000 ledger rows compiling took 3.7 s for a query that ran in
-    0.3 s (PostgreSQL 15, bench/dashboard.py on 2 cores).
+    Their cost estimates pass the JIT thresholds on large tables. With
+    1,000,000 ledger rows, JIT compiling took 3.7 s for the sync query, which
+    runs in about 0.4 s without it (PostgreSQL 15, bench/dashboard.py on 2
+    cores).
     """
     if connection.vendor != "postgresql":
         yield
@@ -627,13 +637,6 @@ def _expected_source(filters, brief_ids) -> Source:
         )
         .exclude(state__in=[Command.State.SUPERSEDED, Command.State.COMPENSATED])
         .annotate(
-            kpi_bu=_text(
-                Coalesce(
-                    NullIf("record__business_unit", Value("")),
-                    "record__connector__business_unit",
-                )
-            ),
-            kpi_destination=F("destination__slug"),
             kpi_currency=KT("payload__currency"),
             kpi_amount=Cast(
                 Coalesce(KT("payload__crm_amount"), KT("payload__total")),
@@ -641,6 +644,7 @@ def _expected_source(filters, brief_ids) -> Source:
             ),
         )
     )
+    commands = _with_unit_and_destination(commands, filters, "destination__slug")
     commands = _filter_common(commands, filters, brief_ids, "brief_version__brief_id")
     return Source(
         commands,

@@ -3,6 +3,8 @@
 import csv
 
 from django.http import HttpResponse
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 
 def kpi_table(kpi: dict, buckets) -> dict:
@@ -84,7 +86,29 @@ def all_tables(result: dict) -> list[dict]:
     tables.append(revenue_table(result["revenue"]))
     if result["filters"]["pilot"]:
         tables.append(comparison_table(result))
+    for table in tables:
+        table["body"] = table_body(table["rows"])
     return tables
+
+
+def table_body(rows) -> SafeString:
+    """Render table rows as escaped HTML; the first two columns are labels.
+
+    Built in Python because a template loop over a few thousand cells took
+    about half of the dashboard's server time.
+    """
+    parts = []
+    for row in rows:
+        cells = [
+            f'<td class="num">{escape(cell)}</td>'
+            if index > 1
+            else f"<td>{escape(cell)}</td>"
+            for index, cell in enumerate(
+                cell if cell not in ("", None) else "–" for cell in row
+            )
+        ]
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    return mark_safe("\n".join(parts))
 
 
 def csv_response(filename: str, columns, rows) -> HttpResponse:

@@ -11,6 +11,7 @@ from rest_framework.exceptions import APIException, NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from meshline.authentication import policy_permission
 from meshline.roles import POLICY, can
 from syncflows.api import serializers
 from syncflows.filters import CommandFilter, DeliveryFilter, InboundEventFilter
@@ -34,7 +35,7 @@ class CanView(permissions.BasePermission):
         return can(request.user, "view")
 
 
-VIEW_PERMISSIONS = [permissions.IsAuthenticated, CanView]
+VIEW_PERMISSIONS = [permissions.IsAuthenticated, CanView, policy_permission("view")]
 
 
 class InvalidQuery(APIException):

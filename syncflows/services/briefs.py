@@ -9,7 +9,6 @@ row and mails the next person to act after the commit.
 
 import json
 import logging
-import re
 
 from django.conf import settings
 from django.db import transaction
@@ -19,7 +18,6 @@ from django.utils import timezone
 from meshline import roles
 from meshline.expressions import (
     ACCEPTANCE_VARIABLES,
-    CUSTOM_FUNCTIONS,
     MAPPING_VARIABLES,
     TRIGGER_VARIABLES,
     check_expression,
@@ -292,36 +290,8 @@ def save_version(version, changes: dict, *, acting_user, trigger_ids=None, comme
     return version, run
 
 
-MACRO_VARIABLE = re.compile(
-    r"\.(?:map|filter|all|exists|exists_one)\(\s*([A-Za-z_]\w*)\s*,"
-)
-
-
 def check(expression: str, allowed_variables) -> list[str]:
-    """``check_expression`` that accepts ``decimal.*`` calls and macro variables.
-
-    NOTE: ``check_expression`` relies on references() of
-    common-expression-language 0.10, which reports ``decimal.eq(a, b)`` as the
-    variable ``decimal`` plus the function ``eq``, and the ``l`` of
-    ``items.map(l, ...)`` as an unknown variable. This drops those false
-    reports until ``check_expression`` handles namespaces and macros.
-    """
-    bound = set(MACRO_VARIABLE.findall(expression or ""))
-    problems = check_expression(
-        expression, set(allowed_variables) | {"decimal"} | bound
-    )
-    decimal_functions = {
-        name.split(".", 1)[1]
-        for name in CUSTOM_FUNCTIONS
-        if name.startswith("decimal.")
-    }
-    return [
-        problem
-        for problem in problems
-        if not any(
-            problem == f"Unknown function {name!r}." for name in decimal_functions
-        )
-    ]
+    return check_expression(expression, allowed_variables)
 
 
 def expression_problems(version) -> list[str]:

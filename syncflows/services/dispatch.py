@@ -22,6 +22,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from meshline.fields import reveal
+from meshline.shutdown import stop_requested
 from syncflows.adapters import AdapterError, CommandData, get_adapter
 from syncflows.models import Command, LedgerEntry
 from syncflows.services import ledger
@@ -103,7 +104,13 @@ def run_command(command_id: int, worker: str) -> str:
     if command.state != Command.State.SENT or command.claimed_by != worker:
         return command.state
     attempt = command.attempts + 1
-    logger.info("Command %s attempt %s started on %s", command.pk, attempt, worker)
+    logger.info(
+        "Command %s attempt %s started on %s",
+        command.pk,
+        attempt,
+        worker,
+        extra={"command_id": command.pk},
+    )
     data = CommandData(
         idempotency_key=command.idempotency_key,
         command_type=command.command_type,
@@ -192,7 +199,12 @@ def _succeed(command, worker, attempt, result, preflight, *, dry_run=False, foun
             payload_after=stored,
         )
         report_success(command)
-    logger.info("Command %s succeeded: %s", command.pk, stored.get("document_number", "dry run"))
+    logger.info(
+        "Command %s succeeded: %s",
+        command.pk,
+        stored.get("document_number", "dry run"),
+        extra={"command_id": command.pk},
+    )
     return Command.State.SUCCEEDED
 
 
@@ -223,7 +235,9 @@ def _hold(command, worker, reason_code: str, message: str) -> str:
                 business_unit=command.record.business_unit,
             )
         )
-    logger.warning("Command %s held: %s", command.pk, reason_code)
+    logger.warning(
+        "Command %s held: %s", command.pk, reason_code, extra={"command_id": command.pk}
+    )
     return Command.State.HELD
 
 
@@ -289,6 +303,7 @@ def _fail(command, worker, attempt, error: AdapterError) -> str:
         logger.warning(
             "Command %s attempt %s failed with %s; retry in %.1f s",
             command.pk, attempt, error.reason_code, delay,
+            extra={"command_id": command.pk},
         )
         from syncflows.tasks import schedule_dispatch
 
@@ -332,7 +347,12 @@ def _fail(command, worker, attempt, error: AdapterError) -> str:
                 business_unit=command.record.business_unit,
             )
         )
-    logger.warning("Command %s failed for good: %s", command.pk, error.reason_code)
+    logger.warning(
+        "Command %s failed for good: %s",
+        command.pk,
+        error.reason_code,
+        extra={"command_id": command.pk},
+    )
     return Command.State.FAILED
 
 
@@ -348,7 +368,7 @@ def _run_in_thread(command_id: int, worker: str) -> None:
     # Threads of the process-wide pool keep their database connection between
     # commands (CONN_MAX_AGE); drop it only when it is broken or too old.
     close_old_connections()
-    _run_safely(command_id, worker)
+    _run_unless_stopping(command_id, worker)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -386,16 +406,36 @@ def dispatch_due(
     total = 0
     pool = _thread_pool(concurrency) if concurrency > 1 else None
     for _ in range(max_batches):
+        if stop_requested():
+            break
         ids = claim(limit, worker)
         if not ids:
             break
         if pool is None:
             for command_id in ids:
-                _run_safely(command_id, worker)
+                _run_unless_stopping(command_id, worker)
         else:
             list(pool.map(lambda pk: _run_in_thread(pk, worker), ids))
         total += len(ids)
     return total
+
+
+def _run_unless_stopping(command_id: int, worker: str) -> None:
+    if stop_requested():
+        release_claim(command_id, worker)
+    else:
+        _run_safely(command_id, worker)
+
+
+def release_claim(command_id: int, worker: str) -> bool:
+    """Put a claimed command that was not started back in the queue."""
+    now = timezone.now()
+    released = Command.objects.filter(
+        pk=command_id, state=Command.State.SENT, claimed_by=worker
+    ).update(state=Command.State.PENDING, claimed_by="", claimed_at=None, updated_at=now)
+    if released:
+        logger.info("Command %s released by %s, which is stopping", command_id, worker)
+    return bool(released)
 
 
 def sweep(now=None) -> int:

@@ -1,7 +1,7 @@
 """E-mail to the people who must act next on a brief version or trigger change.
 
 Mails are sent after the transaction commits, so a rolled-back transition
-never tells anybody to act.
+never sends a request to act.
 """
 
 import logging

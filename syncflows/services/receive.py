@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from meshline.models import UsedSignature
 from syncflows.connectors import DeliveryRejected, DeliveryRequest, ParseError, get_kind
 from syncflows.models import Delivery, InboundEvent, RecordChange
 from syncflows.services import ledger
@@ -33,6 +34,15 @@ KEPT_HEADERS = (
     "Stripe-Signature",
     "SOAPAction",
 )
+
+
+# The signature header of each kind that signs its deliveries; a connector's
+# ``signature_header`` setting overrides it.
+SIGNATURE_HEADERS = {
+    "hubspot": "X-HubSpot-Signature-v3",
+    "salesforce_cdc": "X-Meshline-Signature",
+    "generic": "X-Meshline-Signature",
+}
 
 
 @dataclass
@@ -67,17 +77,24 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
                 # Meshline's own fault: keep the delivery and let the CRM retry.
                 raise DeliveryRejected("secret_unreadable", str(exc), status=503) from exc
     except DeliveryRejected as exc:
-        delivery = _store_failed(connector, request, content_hash, Delivery.Status.REJECTED, exc, replay_of)
-        logger.warning(
-            "Rejected delivery %s for connector %s: %s", delivery.pk, connector.slug, exc.code
-        )
-        return ReceiveResult("rejected", delivery=delivery, error=exc)
+        return _reject(connector, request, content_hash, exc, replay_of)
+    signature = None if request.verified else signature_digest(connector, request)
     try:
         parsed = kind.parse(connector, request)
     except ParseError as exc:
-        delivery = _store_failed(connector, request, content_hash, Delivery.Status.QUARANTINED, exc, replay_of)
+        try:
+            delivery = _store_failed(
+                connector, request, content_hash, Delivery.Status.QUARANTINED, exc,
+                replay_of, signature,
+            )
+        except DeliveryRejected as reused:
+            return _reject(connector, request, content_hash, reused, replay_of)
         logger.warning(
-            "Quarantined delivery %s for connector %s: %s", delivery.pk, connector.slug, exc.code
+            "Quarantined delivery %s for connector %s: %s",
+            delivery.pk,
+            connector.slug,
+            exc.code,
+            extra={"delivery_id": delivery.pk},
         )
         return ReceiveResult("quarantined", delivery=delivery, error=exc)
 
@@ -87,8 +104,11 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
     for attempt in range(3):
         try:
             with transaction.atomic():
+                claim_signature(connector, signature)
                 result = _store_events(connector, request, content_hash, parsed, replay_of)
             break
+        except DeliveryRejected as reused:
+            return _reject(connector, request, content_hash, reused, replay_of)
         except (IntegrityError, OperationalError) as exc:
             if attempt == 2 or not _is_retryable(exc):
                 raise
@@ -96,6 +116,16 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
                 "Receive on connector %s conflicted (%s); retrying", connector.slug, type(exc).__name__
             )
 
+    if result.delivery is not None:
+        logger.info(
+            "Delivery %s for connector %s: %s event(s) accepted, %s duplicate, %s stale",
+            result.delivery.pk,
+            connector.slug,
+            result.accepted,
+            result.duplicates,
+            result.stale,
+            extra={"delivery_id": result.delivery.pk},
+        )
     if result.change_ids:
         from syncflows.tasks import enqueue_changes
 
@@ -111,8 +141,62 @@ def _is_retryable(exc) -> bool:
     return sqlstate in ("40P01", "40001")
 
 
-def _store_failed(connector, request, content_hash, status, exc, replay_of) -> Delivery:
+def signature_digest(connector, request: DeliveryRequest) -> str | None:
+    """Return the SHA-256 of the delivery's signature, or None when it has none.
+
+    HubSpot signs the timestamp with the body, so the pair is the signature.
+    Pipedrive and Outbound Messages send HTTP basic auth, which is the same on
+    every request, so they have no signature to remember; the dedupe on CRM
+    event ids still stops a replayed body from running twice.
+    """
+    if connector.kind == "hubspot":
+        names = (SIGNATURE_HEADERS["hubspot"], "X-HubSpot-Request-Timestamp")
+    elif connector.kind in SIGNATURE_HEADERS:
+        names = (connector.settings.get("signature_header") or SIGNATURE_HEADERS[connector.kind],)
+    else:
+        return None
+    values = [request.headers.get(name) or "" for name in names]
+    if not values[0]:
+        return None
+    joined = "\n".join([connector.kind, *values])
+    return hashlib.sha256(joined.encode("utf-8", "replace")).hexdigest()
+
+
+def claim_signature(connector, digest: str | None) -> None:
+    """Record a signature as used; reject it when it was used before.
+
+    Runs inside the receive transaction, so a delivery that fails to store does
+    not use up its signature."""
+    if digest is None:
+        return
+    try:
+        with transaction.atomic():
+            UsedSignature.objects.create(connector_id=connector.pk, digest=digest)
+    except IntegrityError:
+        raise DeliveryRejected(
+            "signature_reused",
+            f"This signature was already used for a delivery to connector "
+            f"'{connector.slug}', so the delivery is a replay and was not stored "
+            "as new. A CRM retry signs again with a new timestamp.",
+            status=409,
+        ) from None
+
+
+def _reject(connector, request, content_hash, exc, replay_of) -> ReceiveResult:
+    delivery = _store_failed(connector, request, content_hash, Delivery.Status.REJECTED, exc, replay_of)
+    logger.warning(
+        "Rejected delivery %s for connector %s: %s",
+        delivery.pk,
+        connector.slug,
+        exc.code,
+        extra={"delivery_id": delivery.pk},
+    )
+    return ReceiveResult("rejected", delivery=delivery, error=exc)
+
+
+def _store_failed(connector, request, content_hash, status, exc, replay_of, signature=None) -> Delivery:
     with transaction.atomic():
+        claim_signature(connector, signature)
         delivery = _new_delivery(connector, request, content_hash, status, replay_of)
         delivery.error = exc.message
         delivery.error_code = exc.code

@@ -31,7 +31,7 @@ MAX_SAMPLE_SIZE = 2000
 
 @dataclass
 class Outcome:
-    """What a version would do with one input: a command, or a reason code."""
+    """The outcome of one version on one input: a command, or a reason code."""
 
     payload: dict | None = None
     reason_code: str = ""
@@ -71,7 +71,7 @@ def dry_run(version, variables: dict, config) -> Outcome:
 
 
 def replay_variables(change) -> dict:
-    """Mapping variables for a stored change, with the record as that change left it."""
+    """Build the mapping variables of a stored change, with the record as it left it."""
     from syncflows.services.pipeline import mapping_variables
 
     variables = mapping_variables(change.record, change)
@@ -203,7 +203,7 @@ def summarise(rows: list[dict], compared: int) -> dict:
 
 
 def matched_changes(brief, sample_size: int) -> list:
-    """The latest ``sample_size`` stored changes the brief's triggers matched,
+    """Return the latest ``sample_size`` stored changes the brief's triggers matched,
     keeping one change per CRM record (its latest), newest first."""
     change_ids = list(
         SyncRun.objects.filter(brief_version__brief=brief)

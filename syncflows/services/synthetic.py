@@ -29,7 +29,7 @@ DEFAULT_CONNECTOR = {
 
 
 def synthetic_variables(test, version) -> dict:
-    """The mapping variables of a synthetic test, with defaults from the brief."""
+    """Build the mapping variables of a synthetic test, with defaults from the brief."""
     payload = test.payload or {}
     connector = {**_connector_defaults(version), **(payload.get("connector") or {})}
     trigger = _first_trigger(version)
@@ -154,7 +154,7 @@ def judge(test, outcome: Outcome) -> tuple[bool, str]:
 
 
 def expected_mismatches(expected, actual, path: str = "") -> list[str]:
-    """Every place where ``actual`` does not contain ``expected``."""
+    """List every place where ``actual`` does not contain ``expected``."""
     where = path or "command"
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
@@ -222,7 +222,7 @@ def latest_run(version):
 
 
 def failing_tests_message(version) -> str:
-    """Why the version may not be submitted or approved, or "" when it may."""
+    """Return why the version may not be submitted or approved, or "" if it may."""
     if not version.brief.synthetic_tests.exists():
         return ""
     run = latest_run(version)
@@ -240,7 +240,7 @@ def failing_tests_message(version) -> str:
 
 
 def results_by_keyword(run) -> list[tuple[str, list]]:
-    """The run's results grouped by the test's keyword, failing keywords first."""
+    """Group the run's results by the test's keyword, failing keywords first."""
     if run is None:
         return []
     groups: OrderedDict[str, list] = OrderedDict()

@@ -115,7 +115,7 @@ def brief_list(request):
     return render_list(
         request,
         template="syncflows/briefs/list.html",
-        partial="syncflows/briefs/_table.html",
+        partial="syncflows/briefs/partials/table.html",
         context={"nav": "briefs", "page": page, **_queue_links(request.user)},
     )
 
@@ -491,7 +491,7 @@ def version_edit(request, slug, number):
     if request.method == "POST" and action == "try":
         try_result = try_it(request, version, form)
         if wants_partial(request):
-            return render(request, "syncflows/briefs/_try.html", {"try": try_result})
+            return render(request, "syncflows/briefs/partials/try.html", {"try": try_result})
     changes, tests = _try_sources(brief)
     context = {
         "nav": "briefs",

@@ -1,10 +1,10 @@
-"""Pages of the pipeline: deliveries, inbound events, commands and briefs."""
+"""Pages of the pipeline: deliveries, inbound events and commands."""
 
 import json
 import logging
 
 from django.contrib import messages
-from django.db.models import Count, Prefetch
+from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -12,17 +12,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from meshline import roles
 from syncflows.filters import CommandFilter, DeliveryFilter, InboundEventFilter
-from syncflows.models import (
-    Brief,
-    BriefVersion,
-    Command,
-    Delivery,
-    InboundEvent,
-    LedgerEntry,
-)
+from syncflows.models import Command, Delivery, InboundEvent, LedgerEntry
 from syncflows.services.errors import ActionRefused
 from syncflows.services.receive import replay_delivery
-from syncflows.views.lists import paginate, render_filtered_list, render_list
+from syncflows.views.lists import render_filtered_list
 
 logger = logging.getLogger(__name__)
 
@@ -192,30 +185,3 @@ def command_detail(request, pk):
         "case_ids": case_ids,
     }
     return render(request, "syncflows/command_detail.html", context)
-
-
-@require_GET
-def brief_list(request):
-    versions = BriefVersion.objects.only(
-        "id", "brief_id", "number", "state", "activated_at"
-    ).order_by("-number")
-    queryset = Brief.objects.select_related("owner").prefetch_related(
-        Prefetch("versions", queryset=versions, to_attr="version_list")
-    )
-    page = paginate(request, queryset)
-    page.object_list = [describe_brief(brief) for brief in page.object_list]
-    return render_list(
-        request,
-        template="syncflows/brief_list.html",
-        partial="syncflows/partials/brief_table.html",
-        context={"nav": "briefs", "page": page},
-    )
-
-
-def describe_brief(brief):
-    """Attach the active and the latest version from the prefetched list."""
-    brief.active = next(
-        (v for v in brief.version_list if v.state == BriefVersion.State.ACTIVE), None
-    )
-    brief.latest = brief.version_list[0] if brief.version_list else None
-    return brief

@@ -52,6 +52,8 @@ CUSTOMERS = [
     ("salesforce_cdc:Account:001xx0000000001AAA", "Acme Testing GmbH (FAKE)", "Berlin"),
     ("hubspot:company:800000001", "Yllä Esimerkki Oy (FAKE)", "Helsinki"),
     ("pipedrive:organization:201", "Pipedrive Demo Ltd (FAKE)", "Tallinn"),
+    ("salesforce_outbound:Account:001xx0000000001AAA", "Example Widgets Ltd (FAKE)", "London"),
+    ("salesforce_outbound:Account:001xx0000000002AAA", "Sample Backpacks Inc (FAKE)", "Dublin"),
 ]
 
 # (code, name, symbol, rounding, digits, rate against EUR)
