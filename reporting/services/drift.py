@@ -9,6 +9,7 @@ reports every difference, used or not.
 
 import difflib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -160,11 +161,30 @@ def _open_finding(connector, object_type, difference, record_key, now):
     return finding
 
 
-def observe(connector, object_type: str, values: dict, now) -> None:
-    """Count each field and JSON type in ``values`` as seen now."""
-    observe_pairs(
-        connector, object_type, {(n, json_type(v)) for n, v in values.items()}, now
-    )
+# How often one worker process records the same field set of one connector
+# and object type again. Every command would otherwise update the same few
+# ObservedField rows, and workers would queue on their row locks.
+OBSERVE_EVERY_SECONDS = 60
+_last_observed: dict = {}
+
+
+def observe(connector, object_type: str, values: dict, now, *, sample=False) -> None:
+    """Count each field and JSON type in ``values`` as seen now.
+
+    With ``sample`` (the dispatch guard), an identical field set is counted at
+    most once a minute per worker process, so ``seen_count`` is then a count
+    of sampled observations, not of every delivery."""
+    pairs = frozenset((n, json_type(v)) for n, v in values.items())
+    if sample:
+        key = (connector.pk, object_type, pairs)
+        last = _last_observed.get(key)
+        moment = time.monotonic()
+        if last is not None and moment - last < OBSERVE_EVERY_SECONDS:
+            return
+        _last_observed[key] = moment
+        if len(_last_observed) > 10_000:
+            _last_observed.clear()
+    observe_pairs(connector, object_type, set(pairs), now)
 
 
 def observe_pairs(connector, object_type: str, seen: set, now) -> None:
@@ -206,13 +226,13 @@ def drift_guard(command):
     """Hold a command whose brief reads a field that drifted; see failures.py."""
     record = command.record
     brief_id = command.brief_version.brief_id
-    with transaction.atomic():
-        _check_record(record)
-        findings = list(
-            DriftFinding.objects.filter(
-                state=DriftFinding.State.OPEN, blocking=True, briefs=brief_id
-            ).order_by("id")
-        )
+    _check_record(record)
+    # Asked for every command, never cached: a hold must not be missed.
+    findings = list(
+        DriftFinding.objects.filter(
+            state=DriftFinding.State.OPEN, blocking=True, briefs=brief_id
+        ).order_by("id")
+    )
     if not findings:
         return None
     described = "; ".join(_describe(finding) for finding in findings)
@@ -229,18 +249,19 @@ def _check_record(record) -> None:
         connector_id=record.connector_id, object_type=record.object_type
     ).first()
     now = timezone.now()
-    observe(record.connector, record.object_type, record.state, now)
+    observe(record.connector, record.object_type, record.state, now, sample=True)
     if schema is None:
         return
     differences = compare_record(schema.fields, record.state)
     if differences:
-        record_findings(
-            record.connector,
-            record.object_type,
-            differences,
-            record_key=record.record_key,
-            now=now,
-        )
+        with transaction.atomic():
+            record_findings(
+                record.connector,
+                record.object_type,
+                differences,
+                record_key=record.record_key,
+                now=now,
+            )
 
 
 def _describe(finding) -> str:
