@@ -12,3 +12,16 @@ def exception_handler(exc, context):
     elif isinstance(data, (dict, list)):
         response.data = {"message": "The request is invalid.", "code": "invalid", "errors": data}
     return response
+
+
+def not_found(request, exception=None):
+    """Answer 404 in JSON under /api/, and with Django's page elsewhere."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path_info.startswith("/api/"):
+        return JsonResponse(
+            {"message": f"Nothing is found at {request.path_info}.", "code": "not_found"},
+            status=404,
+        )
+    return page_not_found(request, exception)

@@ -1,5 +1,8 @@
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+
+from meshline.roles import can
 
 # Paths open without a login: CRM deliveries authenticate by signature, the
 # health check is for load balancers, and the login page must be reachable.
@@ -7,7 +10,8 @@ PUBLIC_PREFIXES = ("/api/v1/inbound/", "/health/", "/accounts/login/", "/static/
 
 
 class LoginRequiredMiddleware:
-    """Send anonymous requests to the login page, except for public paths.
+    """Send anonymous requests to the login page, except for public paths, and
+    refuse console pages to users without a Meshline role.
 
     API requests are left to DRF, which answers 403 with a JSON error instead of
     a redirect."""
@@ -17,13 +21,17 @@ class LoginRequiredMiddleware:
 
     def __call__(self, request):
         path = request.path_info
-        if (
-            request.user.is_authenticated
-            or path.startswith(PUBLIC_PREFIXES)
-            or path.startswith("/api/")
-        ):
+        if path.startswith(PUBLIC_PREFIXES) or path.startswith("/api/"):
             return self.get_response(request)
-        return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
+        # Every console page needs a Meshline role; the Django admin checks
+        # is_staff itself, and log-out must stay reachable.
+        if not path.startswith(("/admin/", "/accounts/")) and not can(request.user, "view"):
+            raise PermissionDenied(
+                "Your account has no Meshline role. Ask an admin to add you to a role group."
+            )
+        return self.get_response(request)
 
 
 class ContentSecurityPolicyMiddleware:

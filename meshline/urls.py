@@ -14,3 +14,5 @@ urlpatterns = [
     path("reporting/", include("reporting.urls")),
     path("", include("syncflows.urls")),
 ]
+
+handler404 = "meshline.api.not_found"

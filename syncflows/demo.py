@@ -77,6 +77,14 @@ ORDER_SCHEMA = {
     },
 }
 
+TOTAL_POSITIVE = {
+    "name": "Order total is above zero",
+    "expression": 'decimal.compare(command.total, "0") > 0',
+    "expected": '"more than 0"',
+    "actual": "command.total",
+    "message": "A sales order must have a positive total; a credit belongs in a credit note.",
+}
+
 TOTAL_MATCHES_CRM = {
     "name": "Order total equals the CRM amount",
     "expression": "command.crm_amount == null || decimal.eq(command.total, command.crm_amount)",
@@ -347,7 +355,7 @@ def load_demo_configuration(destination_adapter: str = "sandbox", destination_se
                 "state": BriefVersion.State.ACTIVE,
                 "mapping": mapping,
                 "command_schema": ORDER_SCHEMA,
-                "acceptance": [TOTAL_MATCHES_CRM],
+                "acceptance": [TOTAL_POSITIVE, TOTAL_MATCHES_CRM],
                 "ready_condition": ready,
             },
         )

@@ -7,7 +7,10 @@ runs a query per row: slug filters validate the slug once and then filter by
 a join.
 """
 
+from datetime import UTC
+
 import django_filters
+from django.core.exceptions import ValidationError
 
 from syncflows.adapters.base import REASONS
 from syncflows.models import Command, Connector, Delivery, Destination, InboundEvent
@@ -39,14 +42,39 @@ def reason_code_filter() -> django_filters.ChoiceFilter:
     return django_filters.ChoiceFilter(choices=REASON_CODE_CHOICES, label="Reason")
 
 
+class UtcDateTimeRangeField(django_filters.fields.IsoDateTimeRangeField):
+    """An ISO 8601 range whose bounds are converted to UTC and kept within
+    the years 1900 to 9999, which every supported database can compare."""
+
+    def clean(self, value):
+        result = super().clean(value)
+        if result is None:
+            return result
+        return slice(_utc(result.start), _utc(result.stop))
+
+
+def _utc(moment):
+    if moment is None:
+        return None
+    try:
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValidationError("The date-time is out of range.") from None
+    if not 1900 <= moment.year <= 9999:
+        raise ValidationError("Give a date-time between the years 1900 and 9999.")
+    return moment
+
+
+class UtcDateTimeFromToRangeFilter(django_filters.IsoDateTimeFromToRangeFilter):
+    field_class = UtcDateTimeRangeField
+
+
 def time_range_filter(field_name: str, label: str):
     """Build a range filter read from ``<field>_after`` and ``<field>_before``.
 
     Both bounds are inclusive ISO 8601 date-times. A value without a UTC
     offset is read in the current time zone."""
-    return django_filters.IsoDateTimeFromToRangeFilter(
-        field_name=field_name, label=label
-    )
+    return UtcDateTimeFromToRangeFilter(field_name=field_name, label=label)
 
 
 class DeliveryFilter(django_filters.FilterSet):

@@ -238,21 +238,45 @@ def test_fix_mapping_then_retry(
         "opened",
         "fix_applied",
         "retried",
+        "linked",
         "auto_resolved",
     ]
 
 
-def test_fix_allowed_to_pricing_ops(mapping_case, users):
+def test_fix_allowed_to_pricing_ops(
+    mapping_case, users, django_capture_on_commit_callbacks
+):
     # Pricing Ops owns the pricing lane, so it may apply the fix and retry,
     # although it may not retry a command on its own.
-    fixes.add_lookup_row_and_retry(
-        mapping_case,
-        acting_user=users["pricing"],
-        key="FAKE-SKU-404",
-        value="FAKE-SKU-200",
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        fixes.add_lookup_row_and_retry(
+            mapping_case,
+            acting_user=users["pricing"],
+            key="FAKE-SKU-404",
+            value="FAKE-SKU-200",
+        )
     mapping_case.refresh_from_db()
     assert mapping_case.state == "resolved"
+
+
+def test_fix_with_unknown_erp_code_keeps_case_open(
+    mapping_case, users, django_capture_on_commit_callbacks
+):
+    # The row maps to a product the ERP does not have: the command fails, and
+    # the same case stays open with the ERP's answer instead of closing early.
+    with django_capture_on_commit_callbacks(execute=True):
+        fixes.add_lookup_row_and_retry(
+            mapping_case,
+            acting_user=users["finance"],
+            key="FAKE-SKU-404",
+            value="NOPE-404",
+        )
+    mapping_case.refresh_from_db()
+    assert mapping_case.state in ("open", "assigned")
+    assert mapping_case.command.state == "failed"
+    assert "NOPE-404" in mapping_case.message
+    assert ExceptionCase.objects.count() == 1
+    assert SandboxOrder.objects.count() == 0
 
 
 def test_fix_refused_to_viewer(mapping_case, users):

@@ -299,3 +299,16 @@ def test_c07_pricing_ops_fixes_in_one_step(
     assert [line["sku"] for line in order.lines] == ["FAKE-SKU-100", "FAKE-SKU-404-ERP"]
     exception.refresh_from_db()
     assert exception.state == "resolved"
+
+
+def test_negative_amount_is_held_for_review(demo, send):
+    send.hubspot(
+        [
+            hubspot_event(100000091, "amount", "-50.00", 1718000000000),
+            hubspot_event(100000092, "dealstage", "closedwon", 1718000000001),
+        ]
+    )
+    assert SandboxOrder.objects.count() == 0
+    case = ExceptionCase.objects.get()
+    assert case.reason_code == "acceptance_failed"
+    assert case.detail["actual"] == "-50.00"

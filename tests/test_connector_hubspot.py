@@ -291,7 +291,7 @@ def test_deal_stage_change_fields():
     event = parse_body(fixture_bytes("hubspot_webhook_v3_deal_events.json"))[0]
 
     assert event.crm_event_id == "100000001"
-    assert event.dedupe_key == "200001:100000001:1718000000000"
+    assert event.dedupe_key == "200001:100000001:1718000000000:900000001:dealstage"
     assert event.event_type == "deal.propertyChange"
     assert event.fields == {"dealstage": "closedwon"}
     assert event.full_state is False
@@ -305,7 +305,7 @@ def test_deal_amount_change_is_string():
     event = parse_body(fixture_bytes("hubspot_webhook_v3_deal_events.json"))[1]
 
     assert event.fields == {"amount": "1234.56"}
-    assert event.dedupe_key == "200002:100000002:1717999999500"
+    assert event.dedupe_key == "200002:100000002:1717999999500:900000001:amount"
     assert event.occurred_at == datetime(2024, 6, 10, 6, 13, 19, 500000, tzinfo=UTC)
 
 
@@ -315,7 +315,7 @@ def test_deal_creation_has_no_fields():
     assert event.change_type == "create"
     assert event.fields == {}
     assert event.full_state is False
-    assert event.dedupe_key == "200003:100000003:1717999990000"
+    assert event.dedupe_key == "200003:100000003:1717999990000:900000002:"
     assert event.occurred_at == datetime(2024, 6, 10, 6, 13, 10, tzinfo=UTC)
 
 
@@ -452,9 +452,26 @@ def test_missing_subscription_id_still_parsed():
 
     event = parse_body(body)[0]
 
-    assert event.dedupe_key == ":100000010:1718000001000"
+    assert event.dedupe_key == ":100000010:1718000001000:900000001:dealstage"
     assert event.fields == {"dealstage": "contractsent"}
 
 
 def test_empty_batch_gives_no_events():
     assert parse_body(b"[]") == []
+
+
+def test_same_event_id_other_deal_not_duplicate():
+    # HubSpot does not promise unique eventIds: the same id, subscription and
+    # time on two deals are two changes.
+    body = (
+        b'[{"eventId":300000001,"subscriptionId":555,"occurredAt":1718000001000,'
+        b'"subscriptionType":"deal.propertyChange","objectId":900000301,'
+        b'"propertyName":"dealstage","propertyValue":"closedwon"},'
+        b'{"eventId":300000001,"subscriptionId":555,"occurredAt":1718000001000,'
+        b'"subscriptionType":"deal.propertyChange","objectId":900000302,'
+        b'"propertyName":"dealstage","propertyValue":"closedwon"}]'
+    )
+
+    first, second = parse_body(body)
+
+    assert first.dedupe_key != second.dedupe_key

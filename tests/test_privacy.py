@@ -24,7 +24,9 @@ from tests.conftest import FIXTURES, make_user
 
 pytestmark = pytest.mark.django_db
 
-PIPEDRIVE = json.loads((FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_text())
+PIPEDRIVE = json.loads(
+    (FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_text()
+)
 PERSONAL = ["Test Person", "Owner Name", "example-company+deal9@pipedrivemail.example"]
 
 
@@ -38,8 +40,12 @@ def deal(demo, send):
 
 def stored_text() -> str:
     """Every payload column that retention and erasure clean, as one string."""
-    parts = [bytes(body).decode() for body in Delivery.objects.values_list("body", flat=True)]
-    parts += [json.dumps(p) for p in InboundEvent.objects.values_list("payload", flat=True)]
+    parts = [
+        bytes(body).decode() for body in Delivery.objects.values_list("body", flat=True)
+    ]
+    parts += [
+        json.dumps(p) for p in InboundEvent.objects.values_list("payload", flat=True)
+    ]
     for change in RecordChange.objects.all():
         parts += [json.dumps(change.state), json.dumps(change.previous)]
     for entry in LedgerEntry.objects.all():
@@ -77,7 +83,9 @@ def test_redactor_hubspot_property_pair():
 
 def test_redactor_generic_patterns():
     redactor = Redactor("generic")
-    data = redactor.redact({"Billing_Street": "1 Road", "contactPhone": "+44 1", "qty": 2})
+    data = redactor.redact(
+        {"Billing_Street": "1 Road", "contactPhone": "+44 1", "qty": 2}
+    )
     assert data == {"Billing_Street": REMOVED, "contactPhone": REMOVED, "qty": 2}
 
 
@@ -179,7 +187,9 @@ def test_subject_export_holds_everything(deal, tmp_path):
 def test_subject_erase_removes_personal_fields(deal):
     User.objects.create_superuser("root", "root@example.com", "pw")
     out = StringIO()
-    call_command("subject_erase", deal.record_key, "--user", "root", "--yes", stdout=out)
+    call_command(
+        "subject_erase", deal.record_key, "--user", "root", "--yes", stdout=out
+    )
     assert "deliveries: 1 row(s)" in out.getvalue()
     text = stored_text()
     for value in PERSONAL:

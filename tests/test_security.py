@@ -357,7 +357,9 @@ def test_sigterm_handler_sets_stop_flag():
 
 
 def _pipedrive_deals(count):
-    template = json.loads((FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_text())
+    template = json.loads(
+        (FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_text()
+    )
     for index in range(count):
         body = json.loads(json.dumps(template))
         deal_id = 500 + index

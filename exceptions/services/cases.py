@@ -71,6 +71,9 @@ def _fallback_lane(reason_code):
 
 
 def open_case_for_failure(failure):
+    existing = _open_case_of_command(failure)
+    if existing is not None:
+        return existing
     keywords = list(failure.brief.keywords) if failure.brief else []
     destination_id = failure.destination.pk if failure.destination else None
     rule = pick_rule(
@@ -139,6 +142,42 @@ def open_case_for_failure(failure):
     return case
 
 
+def _open_case_of_command(failure):
+    """Update the open case of a command that failed again, instead of opening
+    a second case for the same command."""
+    if failure.command is None:
+        return None
+    case = (
+        ExceptionCase.objects.select_for_update()
+        .filter(command=failure.command, state__in=ExceptionCase.OPEN_STATES)
+        .first()
+    )
+    if case is None:
+        return None
+    title, fix = REASONS.get(failure.reason_code, (failure.reason_code, ""))
+    case.reason_code, case.title, case.suggested_fix = failure.reason_code, title, fix
+    case.message, case.detail = failure.message, failure.detail
+    case.save(update_fields=["reason_code", "title", "suggested_fix", "message", "detail"])
+    CaseHistory.objects.create(
+        case=case,
+        action="failed_again",
+        from_state=case.state,
+        to_state=case.state,
+        note=f"Command {failure.command.pk} failed again ({failure.reason_code}): {failure.message}",
+    )
+    ledger.write(
+        LedgerEntry.Step.EXCEPTION,
+        f"Exception case {case.pk} updated: command {failure.command.pk} failed again "
+        f"({failure.reason_code}).",
+        ok=False,
+        reason_code=failure.reason_code,
+        record_key=failure.record_key,
+        case_id=case.pk,
+        command=failure.command,
+    )
+    return case
+
+
 def close_obsolete_cases(record_key, brief_id, run) -> None:
     """Resolve open pre-dispatch cases once the same brief succeeds on the record."""
     cases = ExceptionCase.objects.filter(
@@ -150,13 +189,28 @@ def close_obsolete_cases(record_key, brief_id, run) -> None:
         # closes when that command succeeds.
         command__isnull=True,
     )
+    command = run.command
     for case in cases:
-        if case.command_id is None and run.command_id:
-            # The case page then shows the ERP's answer to the command that fixed it.
-            case.command_id = run.command_id
+        if command is None:
+            continue
+        if command.state == command.State.SUCCEEDED:
+            case.command = command
             case.save(update_fields=["command"])
-        _auto_resolve(
-            case, f"A later run ({run.pk}) of the same brief queued its command."
+            _auto_resolve(
+                case, f"A later run ({run.pk}) found command {command.pk} already in the ERP."
+            )
+            continue
+        # The data is fixed but the ERP has not accepted it yet: the case
+        # follows the new command and closes only when that command succeeds.
+        case.command = command
+        case.save(update_fields=["command"])
+        CaseHistory.objects.create(
+            case=case,
+            action="linked",
+            from_state=case.state,
+            to_state=case.state,
+            note=f"A later run ({run.pk}) queued command {command.pk}; the case "
+            "closes when the ERP accepts it.",
         )
 
 

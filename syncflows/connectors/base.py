@@ -111,6 +111,9 @@ def load_json(body: bytes):
         ) from exc
     except RecursionError as exc:
         raise ParseError("too_deep", "The JSON body is nested too deeply to read.") from exc
+    except ValueError as exc:
+        # Python refuses integers of more than 4,300 digits (int_max_str_digits).
+        raise ParseError("invalid_json", f"The body holds a number Meshline cannot read: {exc}") from exc
 
 
 def _reject_constant(name):

@@ -167,9 +167,14 @@ def parse_event(item, position: int) -> ParsedEvent:
 
     parsed = ParsedEvent(
         crm_event_id=str(event_id),
-        # eventId is documented as not guaranteed unique, and a redelivery keeps
-        # all three values while its attemptNumber grows.
-        dedupe_key=f"{subscription_id}:{event_id}:{occurred_at}",
+        # eventId is documented as not guaranteed unique, so the object and
+        # property are part of the key too; a redelivery keeps all five values
+        # while its attemptNumber grows.
+        dedupe_key=(
+            f"{subscription_id}:{event_id}:{occurred_at}:"
+            f"{event.get('objectId', event.get('primaryObjectId', ''))}:"
+            f"{event.get('propertyName', '')}"
+        ),
         event_type=str(subscription_type),
         object_type=object_type,
         record_id="",

@@ -52,6 +52,8 @@ def delivery_list(request):
         Delivery.objects.select_related("connector")
         .defer("body", "headers", *CONNECTOR_SECRETS)
         .annotate(event_count=Count("events"))
+        # Meta.ordering does not apply to a GROUP BY query; order it here.
+        .order_by("-received_at", "-id")
     )
     if view_names[view]:
         queryset = queryset.filter(status=view_names[view])

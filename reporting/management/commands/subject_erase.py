@@ -14,7 +14,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         add_subject_arguments(parser)
         parser.add_argument(
-            "--yes", action="store_true", help="Confirm the erasure; it cannot be undone."
+            "--yes",
+            action="store_true",
+            help="Confirm the erasure; it cannot be undone.",
         )
 
     def handle(self, *args, query, user, yes=False, **options):

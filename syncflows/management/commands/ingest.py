@@ -8,8 +8,16 @@ from django.utils import timezone
 from django.utils.datastructures import CaseInsensitiveMapping
 
 from syncflows.connectors import DeliveryRequest
-from syncflows.models import Command, Connector, Delivery, RecordChange, SyncRun
+from syncflows.models import Command as OutboxCommand
+from syncflows.models import Connector, Delivery, RecordChange, SyncRun
 from syncflows.services.receive import receive
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds <= 0:
+        raise ValueError(value)
+    return seconds
 
 
 class Command(BaseCommand):
@@ -34,7 +42,10 @@ class Command(BaseCommand):
             help="Return only when every command these deliveries caused has finished or failed.",
         )
         parser.add_argument(
-            "--timeout", type=float, default=300, help="Seconds --wait waits at most (default 300)."
+            "--timeout",
+            type=_positive_seconds,
+            default=300,
+            help="Seconds --wait waits at most (default 300).",
         )
         parser.add_argument(
             "--inline",
@@ -94,7 +105,10 @@ class Command(BaseCommand):
             if result.delivery is not None:
                 delivery_ids.append(result.delivery.pk)
             if result.error is not None:
-                self.stderr.write(f"Delivery {index}: {result.status}: {result.error.message}")
+                stored = f" (stored as delivery {result.delivery.pk})" if result.delivery else ""
+                self.stderr.write(
+                    f"Body {index} of the file: {result.status}{stored}: {result.error.message}"
+                )
         summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
         self.stdout.write(f"{len(bodies)} deliveries: {summary}.")
         return delivery_ids
@@ -105,11 +119,13 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             pending_changes = changes.filter(status=RecordChange.Status.APPLIED).count()
             command_ids = SyncRun.objects.filter(change__in=changes).values("command_id")
-            open_commands = Command.objects.filter(
-                Q(pk__in=command_ids), state__in=Command.OPEN_STATES
+            open_commands = OutboxCommand.objects.filter(
+                Q(pk__in=command_ids), state__in=OutboxCommand.OPEN_STATES
             ).count()
             if not pending_changes and not open_commands:
-                states = Command.objects.filter(pk__in=command_ids).values_list("state", flat=True)
+                states = OutboxCommand.objects.filter(pk__in=command_ids).values_list(
+                    "state", flat=True
+                )
                 tally = {}
                 for state in states:
                     tally[state] = tally.get(state, 0) + 1

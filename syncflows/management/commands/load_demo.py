@@ -42,6 +42,13 @@ def _default_password_file() -> str:
     return os.environ.get("TRYTONPASSFILE") or str(TRYTON_DIR / "admin-password")
 
 
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
 class Command(BaseCommand):
     help = (
         "Load the demo configuration (connectors, triggers, briefs, lookup tables, "
@@ -54,7 +61,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--deliveries",
-            type=int,
+            type=_count,
             default=0,
             metavar="N",
             help="Also feed N synthetic won deals (plus a few failing ones) through "
