@@ -36,7 +36,7 @@ from syncflows.services.failures import (
 logger = logging.getLogger(__name__)
 Step = LedgerEntry.Step
 
-# Adapters per thread and destination: an adapter holds an HTTP session,
+# Adapters per thread and destination: an adapter keeps an HTTP session,
 # which requests does not document as safe to share between threads.
 _local = threading.local()
 
@@ -151,7 +151,7 @@ def run_command(command_id: int, worker: str) -> str:
 
 
 def _finish(command, worker, **fields) -> bool:
-    """Write the outcome only if this worker still holds the claim."""
+    """Write the outcome only if this worker still has the claim."""
     fields.setdefault("updated_at", timezone.now())
     updated = Command.objects.filter(
         pk=command.pk, state=Command.State.SENT, claimed_by=worker
@@ -270,7 +270,8 @@ def release_held(command_ids, *, acting_user) -> int:
 
 
 def backoff_seconds(attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, never shorter than Retry-After."""
+    """Return the retry delay: an exponential step with "equal jitter" (a random
+    delay between half and all of the step), never shorter than Retry-After."""
     ceiling = min(settings.MESHLINE_BACKOFF_MAX_SECONDS, settings.MESHLINE_BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
     delay = random.uniform(ceiling / 2, ceiling) if ceiling else 0
     return max(delay, retry_after or 0)

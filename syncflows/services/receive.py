@@ -134,7 +134,8 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
 
 
 def _is_retryable(exc) -> bool:
-    """A dedupe race, a deadlock or a serialization failure: worth one more try."""
+    """Return whether a failed receive is worth another try: a dedupe race, a
+    deadlock or a serialization failure."""
     if isinstance(exc, IntegrityError):
         return True
     sqlstate = getattr(exc.__cause__, "sqlstate", None)
