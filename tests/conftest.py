@@ -107,3 +107,20 @@ def send(client, django_capture_on_commit_callbacks):
 def serial_dispatch(settings):
     """Dispatch in the test's own thread, so it sees the test's transaction."""
     settings.MESHLINE_DISPATCH_CONCURRENCY = 1
+
+
+def pytest_collection_modifyitems(items):
+    """Fail fast on a transactional test without serialized rollback.
+
+    pytest-django runs transactional tests last. One without serialized
+    rollback flushes with post_migrate, which re-creates the content types,
+    and the next test with serialized rollback then restores its snapshot on
+    top of them and fails on their unique constraint."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker and marker.kwargs.get("transaction") and not marker.kwargs.get(
+            "serialized_rollback"
+        ):
+            raise pytest.UsageError(
+                f"{item.nodeid}: use django_db(transaction=True, serialized_rollback=True)."
+            )

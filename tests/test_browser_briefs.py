@@ -17,7 +17,7 @@ from tests.conftest import Sender
 from tests.test_shadow import OLD_DISCOUNT, SECRET, deal, line, make_json_brief
 from tests.test_synthetic import DISCOUNTED
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"

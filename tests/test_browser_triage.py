@@ -14,7 +14,7 @@ from meshline.roles import ALL_ROLES, FINANCE
 from syncflows.models import Brief, BriefVersion, Connector, SandboxOrder, Trigger
 from tests.conftest import Sender, load_case
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"

@@ -218,7 +218,7 @@ def browser_page(live_server, monkeypatch):
 
 
 @pytest.mark.browser
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_pages_in_chromium(browser_page, live_server):
     from django.contrib.auth.models import Group
 

@@ -139,7 +139,7 @@ def run_in_threads(count: int, target, *args) -> list:
     return results
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 @pytest.mark.parametrize(
     ("due_in_minutes", "offset_minutes", "level", "action"),
     [

@@ -458,7 +458,7 @@ def wait_for_sales(rpc, watermark, count: int, deadline: float) -> int:
     raise AssertionError(f"Tryton had fewer than {count} new sales by the deadline")
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_outage_mid_run_books_each_deal_once(
     settings, tryton_server, password_file, rpc, watermark
 ):
