@@ -136,7 +136,7 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
-# The proxy in front of gunicorn terminates TLS and says so in this header.
+# The proxy in front of gunicorn terminates TLS and reports it in this header.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
@@ -149,7 +149,7 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; object-src 'none'"
 )
 
-# Requests to the inbound endpoints larger than this are answered 413 and not
+# Requests to the inbound endpoints larger than this get a 413 response and are not
 # stored. Django's own limit is raised to match, so the connector sees the body.
 MESHLINE_MAX_DELIVERY_BYTES = env_int("MESHLINE_MAX_DELIVERY_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MESHLINE_MAX_DELIVERY_BYTES + 1
@@ -162,7 +162,7 @@ MESHLINE_BACKOFF_BASE_SECONDS = env_int("MESHLINE_BACKOFF_BASE_SECONDS", 2, mini
 MESHLINE_BACKOFF_MAX_SECONDS = env_int("MESHLINE_BACKOFF_MAX_SECONDS", 900, minimum=1)
 MESHLINE_CLAIM_TIMEOUT_SECONDS = env_int("MESHLINE_CLAIM_TIMEOUT_SECONDS", 300, minimum=5)
 # Threads per worker that send commands of different records at once; an ERP
-# that answers slowly (Tryton takes about 0.6 s a sale) needs several.
+# that responds slowly (Tryton takes about 0.6 s a sale) needs several.
 MESHLINE_DISPATCH_CONCURRENCY = env_int("MESHLINE_DISPATCH_CONCURRENCY", 4, minimum=1)
 # Run the pipeline inside the request instead of on a worker. Tests and the
 # ingest command use it; a live console leaves it off.
@@ -298,11 +298,11 @@ MESHLINE_LOGIN_FAILURE_WINDOW_MINUTES = env_int(
     "MESHLINE_LOGIN_FAILURE_WINDOW_MINUTES", 15, minimum=1
 )
 MESHLINE_LOGIN_LOCKOUT_MINUTES = env_int("MESHLINE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
-# The request header (as a META key) that holds the client IP when a proxy sits
+# The request header (as a META key) that contains the client IP when a proxy sits
 # in front of gunicorn, for example HTTP_X_FORWARDED_FOR. Empty uses REMOTE_ADDR.
 MESHLINE_CLIENT_IP_HEADER = env_str("MESHLINE_CLIENT_IP_HEADER", "")
 # The API takes a console session or an API token (meshline/authentication.py).
-# Session comes first, so an anonymous request is answered 403 as before.
+# Session comes first, so an anonymous request still gets a 403 response.
 REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
     "rest_framework.authentication.SessionAuthentication",
     "meshline.authentication.TokenAuthentication",

@@ -95,7 +95,7 @@ TOTAL_MATCHES_CRM = {
 
 
 def _deal_line(amount: str, description: str) -> str:
-    """A CEL list with one line for the whole deal amount, for deals without items."""
+    """Return a CEL list with one line for the whole deal amount, for deals without items."""
     return (
         f'[{{"sku": lookup("deal_products", "default"), "description": {description}, '
         f'"quantity": "1", "unit_price": {amount}}}]'
@@ -150,7 +150,7 @@ SALESFORCE_MAPPING = {
     ),
 }
 
-# A deal that says it has line items waits for its CPQ quote instead of
+# A deal that reports line items waits for its CPQ quote instead of
 # becoming a one-line order.
 SALESFORCE_READY = (
     "!(has(record.HasOpportunityLineItem) && record.HasOpportunityLineItem == true)"

@@ -197,7 +197,7 @@ def test_assign_notifies_new_owner(
 def test_resolve_needs_note(mapping_case, users):
     with pytest.raises(actions.ActionRefused) as refusal:
         actions.resolve_case(mapping_case, acting_user=users["finance"], note="  ")
-    assert refusal.value.message == "Write a note that says how the case was resolved."
+    assert refusal.value.message == "The resolution note is missing: describe how the case was resolved."
 
 
 def test_retry_refused_while_command_pending(deals, send, users):

@@ -110,7 +110,7 @@ def assign_case(case, *, acting_user, user=None, group=None) -> ExceptionCase:
 def resolve_case(case, *, acting_user, note: str) -> ExceptionCase:
     require(acting_user, "triage_case")
     if not note.strip():
-        raise ActionRefused("Write a note that says how the case was resolved.")
+        raise ActionRefused("The resolution note is missing: describe how the case was resolved.")
     with transaction.atomic():
         case = _locked(case)
         _refuse_closed(case, "resolved")

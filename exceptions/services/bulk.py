@@ -46,7 +46,7 @@ def start_bulk_action(action: str, case_ids, *, acting_user, params=None) -> Bul
         assignee_for(params)
     if action == Action.RESOLVE and not str(params.get("note", "")).strip():
         raise actions.ActionRefused(
-            "Write a note that says how the cases were resolved."
+            "The resolution note is missing: describe how the cases were resolved."
         )
     bulk = BulkAction.objects.create(
         action=action,

@@ -85,7 +85,7 @@ def open_case_for_failure(failure):
     else:
         lane = _fallback_lane(failure.reason_code)
         owner_user = None
-        # No rule names an owner: the Triage Lead group owns it, never nobody.
+        # No rule names an owner: the Triage Lead group owns it, so every case has an owner.
         owner_group = Group.objects.get_or_create(name=TRIAGE_LEAD)[0]
         keyword = keywords[0] if keywords else ""
     title, fix = REASONS.get(failure.reason_code, (failure.reason_code, ""))

@@ -66,7 +66,7 @@ class SandboxAdapter(Adapter):
             )
         if not skus:
             raise AdapterError(
-                "erp_rejected", "The order has no lines; the ERP refuses empty orders."
+                "erp_rejected", "The order has no lines; the ERP rejects empty orders."
             )
         total = sum(
             (

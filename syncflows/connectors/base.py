@@ -16,7 +16,7 @@ from django.http import HttpResponse, JsonResponse
 
 
 class DeliveryRejected(Exception):
-    """The delivery is not authentic or not acceptable; answered with a 4xx."""
+    """The delivery is not authentic or not acceptable, so it gets a 4xx response."""
 
     def __init__(self, code: str, message: str, status: int = 401):
         super().__init__(message)
@@ -60,7 +60,7 @@ class ParsedEvent:
     # New field values. None means the CRM cleared the field. A field that did
     # not change is absent, never None.
     fields: dict
-    # Whether ``fields`` holds the whole record, so absent fields are unknown.
+    # Whether ``fields`` contains the whole record, so absent fields are unknown.
     full_state: bool = False
     previous: dict | None = None
     sequence: int | None = None
@@ -80,7 +80,7 @@ class ConnectorKind:
         raise NotImplementedError
 
     def accepted_response(self, connector, request: DeliveryRequest, summary: dict):
-        """Answer sent after the delivery is committed."""
+        """Return the response sent after the delivery is committed."""
         return JsonResponse(summary, status=200)
 
     def rejected_response(self, error: DeliveryRejected) -> HttpResponse:
@@ -113,7 +113,7 @@ def load_json(body: bytes):
         raise ParseError("too_deep", "The JSON body is nested too deeply to read.") from exc
     except ValueError as exc:
         # Python refuses integers of more than 4,300 digits (int_max_str_digits).
-        raise ParseError("invalid_json", f"The body holds a number Meshline cannot read: {exc}") from exc
+        raise ParseError("invalid_json", f"The body contains a number too long to read ({exc}). Send amounts as decimal strings.") from exc
 
 
 def _reject_constant(name):

@@ -397,7 +397,7 @@ def dispatch_due(
 ) -> int:
     """Claim and run due commands until none are left; return how many ran.
 
-    A claimed batch never holds two commands of one record (the claim skips a
+    A claimed batch never contains two commands of one record (the claim skips a
     command while an older one of its record is open), so the batch runs in
     ``concurrency`` threads without breaking per-record order.
     """

@@ -100,7 +100,7 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
 
     # A concurrent receiver may insert the same event between the dedupe
     # check and the insert; the unique constraint then aborts this attempt,
-    # and the next attempt sees that event as a duplicate.
+    # and the next attempt finds that event and records a duplicate.
     for attempt in range(3):
         try:
             with transaction.atomic():

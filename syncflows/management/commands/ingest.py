@@ -34,7 +34,7 @@ class Command(BaseCommand):
             "--format",
             choices=["auto", "raw", "array", "jsonl"],
             default="auto",
-            help="How the file holds deliveries; auto takes .jsonl as JSON Lines, else raw.",
+            help="How the file stores deliveries; auto takes .jsonl as JSON Lines, else raw.",
         )
         parser.add_argument(
             "--wait",
@@ -85,7 +85,7 @@ class Command(BaseCommand):
         except json.JSONDecodeError as exc:
             raise CommandError(f"{name} is not a JSON array: {exc.msg} at line {exc.lineno}.") from exc
         if not isinstance(items, list):
-            raise CommandError(f"{name} holds a JSON {type(items).__name__}, not an array of deliveries.")
+            raise CommandError(f"{name} contains a JSON {type(items).__name__}, not an array of deliveries.")
         return [json.dumps(item, ensure_ascii=False).encode() for item in items]
 
     def _receive_all(self, connector, bodies) -> list[int]:
