@@ -93,9 +93,11 @@ def worker(warmup_bodies, bodies, batch, limit, ready, go, results) -> None:
 
     connector = Connector.objects.get(slug="pipedrive")
     warmup_ids = receive_deliveries(connector, warmup_bodies)
-    ids = receive_deliveries(connector, bodies)
     for change_id in warmup_ids:
         process_changes_task([change_id])
+    # Received after the warm-up: a task fills its batch with any waiting
+    # change, so changes received before it would be processed by it.
+    ids = receive_deliveries(connector, bodies)
     flush_statistics()
     ready.put(True)
     go.wait(timeout=300)

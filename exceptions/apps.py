@@ -14,7 +14,7 @@ class ExceptionsConfig(AppConfig):
         # The pipeline reports permanent failures through this hook, so that
         # syncflows never imports this app.
         from exceptions.services.cases import (
-            close_cases_of_command,
+            close_cases_of_commands,
             close_obsolete_cases,
             open_case_for_failure,
         )
@@ -26,4 +26,4 @@ class ExceptionsConfig(AppConfig):
 
         register_failure_handler(open_case_for_failure)
         register_resolution_handler(close_obsolete_cases)
-        register_success_handler(close_cases_of_command)
+        register_success_handler(close_cases_of_commands)

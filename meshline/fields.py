@@ -6,6 +6,7 @@ set. Rotating the key needs the old values re-saved; see the README.
 """
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -44,6 +45,11 @@ def reveal(value):
 
 def _fernet() -> Fernet:
     material = getattr(settings, "MESHLINE_SECRETS_KEY", None) or settings.SECRET_KEY
+    return _fernet_for(material)
+
+
+@functools.lru_cache(maxsize=4)
+def _fernet_for(material: str) -> Fernet:
     digest = hashlib.sha256(("meshline-secrets:" + material).encode()).digest()
     return Fernet(base64.urlsafe_b64encode(digest))
 

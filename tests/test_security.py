@@ -16,6 +16,7 @@ from meshline import shutdown
 from meshline.logging import JsonFormatter
 from meshline.models import ApiToken, LoginThrottle, UsedSignature
 from meshline.roles import SALES_OPS, VIEWER
+from syncflows.adapters.sandbox import SandboxAdapter
 from syncflows.models import (
     Command,
     Connector,
@@ -307,14 +308,17 @@ def test_stop_releases_unstarted_commands(demo, send, monkeypatch):
     from syncflows.services import dispatch
 
     ran = []
-    real_run = dispatch._run_safely
+    real_run = dispatch._run_loaded
 
-    def run_then_stop(command_id, worker):
-        ran.append(command_id)
-        real_run(command_id, worker)
+    def run_then_stop(command, worker):
+        ran.append(command.pk)
+        real_run(command, worker)
         shutdown.request_stop()
 
-    monkeypatch.setattr(dispatch, "_run_safely", run_then_stop)
+    # One command at a time, as for an ERP without batch writes: the stop
+    # comes between two commands of one claim.
+    monkeypatch.setattr(SandboxAdapter, "batch_size", 1)
+    monkeypatch.setattr(dispatch, "_run_loaded", run_then_stop)
     with monkeypatch.context() as patch:
         patch.setattr(dispatch, "claim", lambda limit, worker: [])
         for payload in _pipedrive_deals(3):
@@ -330,7 +334,7 @@ def test_stop_releases_unstarted_commands(demo, send, monkeypatch):
     assert pending.count() == 2
     assert set(pending.values_list("claimed_by", flat=True)) == {""}
 
-    monkeypatch.setattr(dispatch, "_run_safely", real_run)
+    monkeypatch.setattr(dispatch, "_run_loaded", real_run)
     dispatch.dispatch_due(worker="w2")
     assert Command.objects.filter(state=Command.State.SUCCEEDED).count() == 3
     executed = LedgerEntry.objects.filter(step=LedgerEntry.Step.EXECUTE)

@@ -178,19 +178,24 @@ def _open_case_of_command(failure):
     return case
 
 
-def close_obsolete_cases(record_key, brief_id, run) -> None:
-    """Resolve open pre-dispatch cases once the same brief succeeds on the record."""
+def close_obsolete_cases(items) -> None:
+    """Resolve open pre-dispatch cases once the same brief succeeds on the record.
+
+    ``items`` contains ``(record_key, brief_id, run)`` for each run of a batch; one
+    query finds the cases of all of them."""
+    runs = {(record_key, brief_id): run for record_key, brief_id, run in items}
     cases = ExceptionCase.objects.filter(
-        record_key=record_key,
-        brief_id=brief_id,
+        record_key__in={record_key for record_key, _brief, _run in items},
+        brief_id__in={brief_id for _key, brief_id, _run in items},
         state__in=ExceptionCase.OPEN_STATES,
         reason_code__in=PRE_DISPATCH_REASONS,
         # Only failures before any command existed; a failed command's case
         # closes when that command succeeds.
         command__isnull=True,
-    )
-    command = run.command
+    ).order_by("id")
     for case in cases:
+        run = runs.get((case.record_key, case.brief_id))
+        command = run.command if run is not None else None
         if command is None:
             continue
         if command.state == command.State.SUCCEEDED:
@@ -214,13 +219,14 @@ def close_obsolete_cases(record_key, brief_id, run) -> None:
         )
 
 
-def close_cases_of_command(command) -> None:
-    """Resolve the open cases of a command that has now succeeded."""
+def close_cases_of_commands(commands) -> None:
+    """Resolve the open cases of commands that have now succeeded."""
+    by_id = {command.pk: command for command in commands}
     cases = ExceptionCase.objects.filter(
-        command=command, state__in=ExceptionCase.OPEN_STATES
-    )
+        command_id__in=list(by_id), state__in=ExceptionCase.OPEN_STATES
+    ).order_by("id")
     for case in cases:
-        _auto_resolve(case, f"Command {command.pk} succeeded on a later attempt.")
+        _auto_resolve(case, f"Command {case.command_id} succeeded on a later attempt.")
 
 
 def _auto_resolve(case, note: str) -> None:

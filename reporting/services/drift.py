@@ -222,11 +222,13 @@ def _pairs_filter(pairs) -> Q:
 # The dispatch guard.
 
 
-def drift_guard(command):
-    """Hold a command whose brief reads a field that drifted; see failures.py."""
+def drift_guard(command, *, checked=False):
+    """Hold a command whose brief reads a field that drifted; see failures.py.
+    ``checked`` means the record was already compared with its schema."""
     record = command.record
     brief_id = command.brief_version.brief_id
-    _check_record(record)
+    if not checked:
+        _check_record(record)
     # Asked for every command, never cached: a hold must not be missed.
     findings = list(
         DriftFinding.objects.filter(
@@ -244,13 +246,45 @@ def drift_guard(command):
     )
 
 
-def _check_record(record) -> None:
-    schema = DeclaredSchema.objects.filter(
-        connector_id=record.connector_id, object_type=record.object_type
-    ).first()
+def drift_guard_many(commands) -> dict:
+    """The guard for a batch of commands: a fixed number of queries when
+    nothing has drifted, and the single guard's verdict for a command that is
+    held."""
+    records = {command.record_id: command.record for command in commands}
+    pairs = {(record.connector_id, record.object_type) for record in records.values()}
+    schemas = {
+        (schema.connector_id, schema.object_type): schema
+        for schema in DeclaredSchema.objects.filter(
+            connector_id__in={connector for connector, _type in pairs},
+            object_type__in={object_type for _connector, object_type in pairs},
+        )
+    }
+    for record in records.values():
+        _check_record(record, schemas.get((record.connector_id, record.object_type), False))
+    brief_ids = {command.brief_version.brief_id for command in commands}
+    blocked = set(
+        DriftFinding.objects.filter(
+            state=DriftFinding.State.OPEN, blocking=True, briefs__in=brief_ids
+        ).values_list("briefs", flat=True)
+    )
+    return {
+        command.pk: drift_guard(command, checked=True)
+        for command in commands
+        if command.brief_version.brief_id in blocked
+    }
+
+
+def _check_record(record, schema=None) -> None:
+    """Observe the record's fields and record how they differ from the declared
+    schema. ``schema`` is the declared schema when the caller has read it, or
+    False when there is none."""
+    if schema is None:
+        schema = DeclaredSchema.objects.filter(
+            connector_id=record.connector_id, object_type=record.object_type
+        ).first()
     now = timezone.now()
     observe(record.connector, record.object_type, record.state, now, sample=True)
-    if schema is None:
+    if not schema:
         return
     differences = compare_record(schema.fields, record.state)
     if differences:

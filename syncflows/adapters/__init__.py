@@ -5,6 +5,7 @@ from syncflows.adapters.base import (
     CommandData,
     ExecutionResult,
     InvoiceInfo,
+    Outcome,
 )
 
 
@@ -32,5 +33,6 @@ __all__ = [
     "CommandData",
     "ExecutionResult",
     "InvoiceInfo",
+    "Outcome",
     "get_adapter",
 ]

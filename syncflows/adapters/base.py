@@ -130,10 +130,46 @@ class InvoiceInfo:
     credited_total: str = "0"  # sum of credit notes against it, decimal string
 
 
+@dataclass
+class Outcome:
+    """The result of running one command: the ERP document, or the preflight alone."""
+
+    result: ExecutionResult | None
+    preflight: dict | None
+    found: bool = False  # the ERP already held a document with this key
+    dry_run: bool = False
+
+
 class Adapter:
+    # Commands that one ``run_batch`` call may take. An adapter that writes a
+    # batch at once sets it higher; the others run one command a thread.
+    batch_size = 1
+
     def __init__(self, destination):
         self.destination = destination
         self.settings = destination.settings or {}
+
+    def run(self, command: CommandData) -> Outcome:
+        """Preflight a dry run; otherwise look for the document, then preflight
+        and execute. Raise what the ERP raised."""
+        if command.mode == "dry_run":
+            return Outcome(None, self.preflight(command), dry_run=True)
+        existing = self.find_existing(command.idempotency_key)
+        if existing is not None:
+            return Outcome(existing, None, found=True)
+        preflight = self.preflight(command)
+        return Outcome(self.execute(command), preflight)
+
+    def run_batch(self, commands: list[CommandData]) -> list:
+        """Run each command; return an Outcome or the raised exception for each,
+        in order."""
+        outcomes = []
+        for command in commands:
+            try:
+                outcomes.append(self.run(command))
+            except Exception as exc:  # classified by the dispatcher, never lost
+                outcomes.append(exc)
+        return outcomes
 
     def preflight(self, command: CommandData) -> dict:
         """Validate without writing; return computed totals. Raise AdapterError."""

@@ -24,13 +24,15 @@ from django.utils import timezone
 from meshline.fields import reveal
 from meshline.shutdown import stop_requested
 from syncflows.adapters import AdapterError, CommandData, get_adapter
-from syncflows.models import Command, LedgerEntry
+from syncflows.models import BriefVersion, Command, Destination, LedgerEntry
 from syncflows.services import ledger
 from syncflows.services.failures import (
     Failure,
     check_dispatch_guards,
+    check_dispatch_guards_many,
     report_failure,
     report_success,
+    report_successes,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def claim(limit: int, worker: str) -> list[int]:
         .order_by("next_attempt_at", "id")
     )
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            return _claim_returning(due, limit, worker, now)
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True, of=("self",))
         ids = list(due.values_list("id", flat=True)[:limit])
@@ -96,22 +100,45 @@ def claim(limit: int, worker: str) -> list[int]:
     return claimed
 
 
-def run_command(command_id: int, worker: str) -> str:
-    """Run one claimed command to its next state; return that state."""
-    command = Command.objects.select_related("destination", "brief_version__brief", "record").get(
-        pk=command_id
+def _claim_returning(due, limit: int, worker: str, now) -> list[int]:
+    """Claim with one statement on PostgreSQL: an UPDATE of the rows that a
+    locking subquery picks, skipping rows that another worker holds."""
+    picked = due.select_for_update(skip_locked=True, of=("self",)).values("id")[:limit]
+    sql, params = picked.query.sql_with_params()
+    table = connection.ops.quote_name(Command._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET state = %s, claimed_at = %s, claimed_by = %s "
+            f"WHERE id IN ({sql}) RETURNING id",
+            [Command.State.SENT, now, worker, *params],
+        )
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def _load_claimed(command_ids, worker: str) -> list:
+    """Load the commands that ``worker`` still holds, oldest first.
+
+    The brief versions, with their large mapping and schema, are read once
+    each, not once for each command."""
+    commands = list(
+        Command.objects.select_related("record__connector")
+        # The connector's secrets are not needed to send a command.
+        .defer("result", "record__field_versions", "record__connector__secrets")
+        .filter(pk__in=list(command_ids), state=Command.State.SENT, claimed_by=worker)
+        .order_by("id")
     )
-    if command.state != Command.State.SENT or command.claimed_by != worker:
-        return command.state
-    attempt = command.attempts + 1
-    logger.info(
-        "Command %s attempt %s started on %s",
-        command.pk,
-        attempt,
-        worker,
-        extra={"command_id": command.pk},
+    versions = BriefVersion.objects.select_related("brief").in_bulk(
+        {command.brief_version_id for command in commands}
     )
-    data = CommandData(
+    destinations = Destination.objects.in_bulk({command.destination_id for command in commands})
+    for command in commands:
+        command.brief_version = versions[command.brief_version_id]
+        command.destination = destinations[command.destination_id]
+    return commands
+
+
+def _command_data(command) -> CommandData:
+    return CommandData(
         idempotency_key=command.idempotency_key,
         command_type=command.command_type,
         payload=command.payload,
@@ -120,34 +147,152 @@ def run_command(command_id: int, worker: str) -> str:
             "create_missing_customers": command.brief_version.brief.create_missing_customers
         },
     )
-    verdict = check_dispatch_guards(command)
-    if verdict is not None:
-        return _hold(command, worker, *verdict)
+
+
+def _log_start(command, worker: str) -> None:
+    logger.info(
+        "Command %s attempt %s started on %s",
+        command.pk,
+        command.attempts + 1,
+        worker,
+        extra={"command_id": command.pk},
+    )
+
+
+def _adapter_or_failure(command, worker: str):
+    """Return the command's adapter, or fail the command when its destination
+    is misconfigured; retrying cannot help until an admin fixes it."""
     try:
-        adapter = _adapter_for(command.destination)
+        return _adapter_for(command.destination)
     except ImproperlyConfigured as exc:
-        # Retrying cannot help until an admin fixes the destination.
         error = AdapterError(
             "erp_unavailable",
             f"Destination {command.destination.slug} is misconfigured: {exc} "
             "Fix it in admin, then retry.",
         )
-        return _fail(command, worker, attempt, error)
+        _fail(command, worker, command.attempts + 1, error)
+        return None
+
+
+def run_command(command_id: int, worker: str) -> str:
+    """Run one claimed command to its next state; return that state."""
+    command = Command.objects.select_related("destination", "brief_version__brief", "record").get(
+        pk=command_id
+    )
+    if command.state != Command.State.SENT or command.claimed_by != worker:
+        return command.state
+    _log_start(command, worker)
+    verdict = check_dispatch_guards(command)
+    if verdict is not None:
+        return _hold(command, worker, *verdict)
+    adapter = _adapter_or_failure(command, worker)
+    if adapter is None:
+        return Command.State.FAILED
     try:
-        if command.mode == Command.Mode.DRY_RUN:
-            preflight = adapter.preflight(data)
-            return _succeed(command, worker, attempt, None, preflight, dry_run=True)
-        existing = adapter.find_existing(command.idempotency_key)
-        if existing is not None:
-            return _succeed(command, worker, attempt, existing, None, found=True)
-        preflight = adapter.preflight(data)
-        result = adapter.execute(data)
-        return _succeed(command, worker, attempt, result, preflight)
+        outcome = adapter.run(_command_data(command))
     except Exception as exc:  # every adapter error is classified, never lost
-        error = adapter.classify(exc)
-        if not isinstance(exc, AdapterError):
-            logger.exception("Command %s raised an unclassified error", command.pk)
-        return _fail(command, worker, attempt, error)
+        return _fail_with(adapter, command, worker, exc)
+    return _succeed(command, worker, command.attempts + 1, outcome)
+
+
+def _fail_with(adapter, command, worker: str, exc: Exception) -> str:
+    error = adapter.classify(exc)
+    if not isinstance(exc, AdapterError):
+        logger.exception("Command %s raised an unclassified error", command.pk, exc_info=exc)
+    return _fail(command, worker, command.attempts + 1, error)
+
+
+def run_batch(command_ids, worker: str, pool=None) -> int:
+    """Run claimed commands: guards for all at once, then each destination's
+    commands through its adapter, a batch at a time where the adapter writes
+    batches, and otherwise one command a thread of ``pool``. Return how many
+    went to a batch adapter."""
+    commands = _load_claimed(command_ids, worker)
+    if stop_requested():
+        for command in commands:
+            release_claim(command.pk, worker)
+        return 0
+    batched = 0
+    for command in commands:
+        _log_start(command, worker)
+    verdicts = check_dispatch_guards_many(commands)
+    by_destination: dict = {}
+    for command in commands:
+        if command.pk in verdicts:
+            _hold(command, worker, *verdicts[command.pk])
+        else:
+            by_destination.setdefault(command.destination_id, []).append(command)
+    single = []
+    for group in by_destination.values():
+        adapter = _adapter_or_failure(group[0], worker)
+        if adapter is None:
+            for command in group[1:]:
+                _adapter_or_failure(command, worker)
+        elif adapter.batch_size > 1:
+            batched += len(group)
+            for start in range(0, len(group), adapter.batch_size):
+                _run_adapter_batch(adapter, group[start : start + adapter.batch_size], worker)
+        else:
+            single.extend(group)
+    if pool is None:
+        for command in single:
+            _run_loaded_unless_stopping(command, worker)
+    else:
+        list(pool.map(lambda command: _run_loaded_in_thread(command, worker), single))
+    return batched
+
+
+def _run_adapter_batch(adapter, commands, worker: str) -> None:
+    try:
+        outcomes = adapter.run_batch([_command_data(command) for command in commands])
+    except Exception as exc:  # the whole batch failed; each command is classified
+        outcomes = [exc] * len(commands)
+    succeeded = []
+    for command, outcome in zip(commands, outcomes):
+        if isinstance(outcome, Exception):
+            try:
+                _fail_with(adapter, command, worker, outcome)
+            except Exception:
+                logger.exception("Command %s crashed the worker loop", command.pk)
+        else:
+            succeeded.append((command, outcome))
+    if succeeded:
+        try:
+            _succeed_many(succeeded, worker)
+        except Exception:
+            # The claims stay; the sweep re-queues the commands, and
+            # find_existing then finds their documents.
+            logger.exception("Recording %s succeeded command(s) failed", len(succeeded))
+
+
+def _run_loaded(command, worker: str) -> str:
+    """Run a loaded command whose guards have passed."""
+    adapter = _adapter_or_failure(command, worker)
+    if adapter is None:
+        return Command.State.FAILED
+    try:
+        outcome = adapter.run(_command_data(command))
+    except Exception as exc:  # every adapter error is classified, never lost
+        return _fail_with(adapter, command, worker, exc)
+    return _succeed(command, worker, command.attempts + 1, outcome)
+
+
+def _run_loaded_unless_stopping(command, worker: str) -> None:
+    if stop_requested():
+        release_claim(command.pk, worker)
+        return
+    try:
+        _run_loaded(command, worker)
+    except Exception:
+        # The claim stays; the sweep re-queues the command later.
+        logger.exception("Command %s crashed the worker loop", command.pk)
+
+
+def _run_loaded_in_thread(command, worker: str) -> None:
+    # Threads of the process-wide pool keep their database connection between
+    # commands (CONN_MAX_AGE); drop it only when it is broken or too old.
+    close_old_connections()
+    _run_loaded_unless_stopping(command, worker)
 
 
 def _finish(command, worker, **fields) -> bool:
@@ -161,11 +306,49 @@ def _finish(command, worker, **fields) -> bool:
     return bool(updated)
 
 
-def _succeed(command, worker, attempt, result, preflight, *, dry_run=False, found=False) -> str:
-    now = timezone.now()
-    stored = {"preflight": preflight} if preflight is not None else {}
+def _stored_result(outcome) -> dict:
+    result = outcome.result
+    stored = {"preflight": outcome.preflight} if outcome.preflight is not None else {}
     if result is not None:
         stored.update(reference=result.reference, document_number=result.document_number, **result.data)
+    return stored
+
+
+def _success_row(command, outcome, stored) -> LedgerEntry:
+    result = outcome.result
+    if outcome.dry_run:
+        step, message = Step.PREFLIGHT, "Dry run: preflight passed, nothing written to the ERP."
+    elif outcome.found:
+        step = Step.EXISTING
+        message = (
+            f"The ERP already holds {result.document_number} with this idempotency key; "
+            "it was not created again."
+        )
+    else:
+        step, message = Step.EXECUTE, f"Created {result.document_number} in {command.destination.slug}."
+    return ledger.build(
+        step,
+        message,
+        record_key=command.record.record_key,
+        command=command,
+        payload_before=command.payload,
+        payload_after=stored,
+    )
+
+
+def _log_success(command, stored) -> None:
+    logger.info(
+        "Command %s succeeded: %s",
+        command.pk,
+        stored.get("document_number", "dry run"),
+        extra={"command_id": command.pk},
+    )
+
+
+def _succeed(command, worker, attempt, outcome) -> str:
+    now = timezone.now()
+    stored = _stored_result(outcome)
+    result = outcome.result
     with transaction.atomic():
         if not _finish(
             command,
@@ -180,32 +363,59 @@ def _succeed(command, worker, attempt, result, preflight, *, dry_run=False, foun
             last_error="",
         ):
             return Command.State.SENT
-        if dry_run:
-            step, message = Step.PREFLIGHT, "Dry run: preflight passed, nothing written to the ERP."
-        elif found:
-            step = Step.EXISTING
-            message = (
-                f"The ERP already holds {result.document_number} with this idempotency key; "
-                "it was not created again."
-            )
-        else:
-            step, message = Step.EXECUTE, f"Created {result.document_number} in {command.destination.slug}."
-        ledger.write(
-            step,
-            message,
-            record_key=command.record.record_key,
-            command=command,
-            payload_before=command.payload,
-            payload_after=stored,
-        )
+        _success_row(command, outcome, stored).save()
         report_success(command)
-    logger.info(
-        "Command %s succeeded: %s",
-        command.pk,
-        stored.get("document_number", "dry run"),
-        extra={"command_id": command.pk},
-    )
+    _log_success(command, stored)
     return Command.State.SUCCEEDED
+
+
+def _succeed_many(succeeded, worker: str) -> None:
+    """Record the outcomes of a batch: one UPDATE of the commands that this
+    worker still holds, one insert of their ledger rows, one case query."""
+    if connection.vendor != "postgresql":
+        for command, outcome in succeeded:
+            _succeed(command, worker, command.attempts + 1, outcome)
+        return
+    now = timezone.now()
+    stored = {command.pk: _stored_result(outcome) for command, outcome in succeeded}
+    result_field = Command._meta.get_field("result")
+    values, params = [], []
+    for command, outcome in succeeded:
+        result = outcome.result
+        values.append("(%s::bigint, %s::integer, %s::jsonb, %s::varchar, %s::varchar)")
+        params += [
+            command.pk,
+            command.attempts + 1,
+            result_field.get_db_prep_value(stored[command.pk], connection),
+            result.reference if result else "",
+            result.document_number if result else "",
+        ]
+    table = connection.ops.quote_name(Command._meta.db_table)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS c SET state = %s, attempts = v.attempts, result = v.result, "
+                "erp_reference = v.reference, erp_document_number = v.number, finished_at = %s, "
+                "updated_at = %s, reason_code = '', last_error = '' "
+                f"FROM (VALUES {', '.join(values)}) AS v(id, attempts, result, reference, number) "
+                "WHERE c.id = v.id AND c.state = %s AND c.claimed_by = %s RETURNING c.id",
+                [Command.State.SUCCEEDED, now, now, *params, Command.State.SENT, worker],
+            )
+            updated = {row[0] for row in cursor.fetchall()}
+        done = [(command, outcome) for command, outcome in succeeded if command.pk in updated]
+        LedgerEntry.objects.bulk_create(
+            [_success_row(command, outcome, stored[command.pk]) for command, outcome in done]
+        )
+        for command, _outcome in done:
+            command.state = Command.State.SUCCEEDED
+        report_successes([command for command, _outcome in done])
+    for command, _outcome in succeeded:
+        if command.pk in updated:
+            _log_success(command, stored[command.pk])
+        else:
+            logger.warning(
+                "Command %s was re-queued while %s ran it; outcome dropped", command.pk, worker
+            )
 
 
 def _hold(command, worker, reason_code: str, message: str) -> str:
@@ -357,21 +567,6 @@ def _fail(command, worker, attempt, error: AdapterError) -> str:
     return Command.State.FAILED
 
 
-def _run_safely(command_id: int, worker: str) -> None:
-    try:
-        run_command(command_id, worker)
-    except Exception:
-        # The claim stays; the sweep re-queues the command later.
-        logger.exception("Command %s crashed the worker loop", command_id)
-
-
-def _run_in_thread(command_id: int, worker: str) -> None:
-    # Threads of the process-wide pool keep their database connection between
-    # commands (CONN_MAX_AGE); drop it only when it is broken or too old.
-    close_old_connections()
-    _run_unless_stopping(command_id, worker)
-
-
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
@@ -389,6 +584,11 @@ def _thread_pool(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
+# Commands a worker claims at once. Batch adapters write them together;
+# others run them in the dispatch threads.
+CLAIM_BATCH = 100
+
+
 def dispatch_due(
     limit: int | None = None,
     worker: str | None = None,
@@ -403,29 +603,22 @@ def dispatch_due(
     """
     worker = worker or worker_id()
     concurrency = concurrency or settings.MESHLINE_DISPATCH_CONCURRENCY
-    limit = limit or max(20, concurrency * 4)
-    total = 0
+    threaded_limit = limit or max(20, concurrency * 4)
+    total, size = 0, threaded_limit
     pool = _thread_pool(concurrency) if concurrency > 1 else None
     for _ in range(max_batches):
         if stop_requested():
             break
-        ids = claim(limit, worker)
+        ids = claim(size, worker)
         if not ids:
             break
-        if pool is None:
-            for command_id in ids:
-                _run_unless_stopping(command_id, worker)
-        else:
-            list(pool.map(lambda pk: _run_in_thread(pk, worker), ids))
+        batched = run_batch(ids, worker, pool)
         total += len(ids)
+        # Claim a whole batch next time only while every command went to a
+        # batch adapter; a claim for threads stays small, so that other
+        # workers share the queue.
+        size = limit or (CLAIM_BATCH if batched == len(ids) else threaded_limit)
     return total
-
-
-def _run_unless_stopping(command_id: int, worker: str) -> None:
-    if stop_requested():
-        release_claim(command_id, worker)
-    else:
-        _run_safely(command_id, worker)
 
 
 def release_claim(command_id: int, worker: str) -> bool:

@@ -51,44 +51,68 @@ _resolution_handlers = []
 
 
 def register_resolution_handler(handler) -> None:
-    """Register a handler called when a record's brief succeeds again, so that
-    cases opened by its earlier failures can be closed."""
+    """Register ``handler(items)``, called when briefs succeed again on records,
+    so that cases opened by their earlier failures can be closed. ``items`` is
+    a list of ``(record_key, brief_id, run)``, one for each run of a batch."""
     if handler not in _resolution_handlers:
         _resolution_handlers.append(handler)
 
 
 def report_resolution(record_key: str, brief_id: int, run) -> None:
+    report_resolutions([(record_key, brief_id, run)])
+
+
+def report_resolutions(items) -> None:
     for handler in _resolution_handlers:
-        handler(record_key, brief_id, run)
+        handler(items)
 
 
 _success_handlers = []
 
 
 def register_success_handler(handler) -> None:
-    """Register a handler called when a command succeeds after a retry."""
+    """Register ``handler(commands)``, called with the commands that succeeded,
+    so that cases opened by their earlier attempts can be closed."""
     if handler not in _success_handlers:
         _success_handlers.append(handler)
 
 
 def report_success(command) -> None:
+    report_successes([command])
+
+
+def report_successes(commands) -> None:
     for handler in _success_handlers:
-        handler(command)
+        handler(commands)
 
 
 _dispatch_guards = []
 
 
-def register_dispatch_guard(guard) -> None:
+def register_dispatch_guard(guard, *, many=None) -> None:
     """Register ``guard(command) -> (reason_code, message) | None``, asked before
-    each command is sent. A non-None answer holds the command for review."""
-    if guard not in _dispatch_guards:
-        _dispatch_guards.append(guard)
+    each command is sent. A non-None verdict holds the command for review.
+
+    ``many(commands) -> {command_id: verdict}`` answers for a batch at once;
+    without it, the batch calls ``guard`` for each command."""
+    if all(entry[0] is not guard for entry in _dispatch_guards):
+        _dispatch_guards.append((guard, many))
 
 
 def check_dispatch_guards(command):
-    for guard in _dispatch_guards:
-        verdict = guard(command)
-        if verdict is not None:
-            return verdict
-    return None
+    return check_dispatch_guards_many([command]).get(command.pk)
+
+
+def check_dispatch_guards_many(commands) -> dict:
+    """Return the first verdict of the guards for each held command, by id."""
+    verdicts: dict = {}
+    for guard, many in _dispatch_guards:
+        waiting = [command for command in commands if command.pk not in verdicts]
+        if not waiting:
+            break
+        if many is not None:
+            found = many(waiting)
+        else:
+            found = {command.pk: guard(command) for command in waiting}
+        verdicts.update({pk: verdict for pk, verdict in found.items() if verdict is not None})
+    return verdicts

@@ -28,23 +28,32 @@ def idempotency_key(brief_slug: str, record_key: str, generation: int, command_t
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def enqueue_command(run, version, record, payload, route, rows):
+def enqueue_command(run, version, record, payload, route, rows, *, batch=None):
     """Store the command for ``run``, or explain why none is needed.
 
     Sets ``run.state`` and ``run.command``; raises RunFailed on a conflict.
+    With ``batch``, the live commands come from the batch, and a new command
+    is saved when the batch is flushed.
     """
+    from syncflows.services.batch import NeedsOwnTransaction
     from syncflows.services.pipeline import RunFailed
 
     key = idempotency_key(
         version.brief.slug, record.record_key, record.order_generation, version.command_type
     )
     digest = payload_hash(payload)
-    existing = (
-        Command.objects.select_for_update()
-        .filter(idempotency_key=key)
-        .exclude(state=Command.State.SUPERSEDED)
-        .first()
-    )
+    if batch is not None:
+        existing = batch.live_commands.get(key)
+        if existing is not None and existing.payload_hash != digest:
+            # A conflict or a command to supersede: both need the row lock.
+            raise NeedsOwnTransaction("a live command contains another payload")
+    else:
+        existing = (
+            Command.objects.select_for_update()
+            .filter(idempotency_key=key)
+            .exclude(state=Command.State.SUPERSEDED)
+            .first()
+        )
     if existing is not None and existing.payload_hash == digest:
         run.state = SyncRun.State.UNCHANGED
         run.command = existing
@@ -74,7 +83,7 @@ def enqueue_command(run, version, record, payload, route, rows):
             _row(Step.SUPERSEDE, f"Command {existing.pk} superseded by a newer payload.", record, existing)
         )
 
-    command = Command.objects.create(
+    command = Command(
         idempotency_key=key,
         command_type=version.command_type,
         brief_version=version,
@@ -86,19 +95,25 @@ def enqueue_command(run, version, record, payload, route, rows):
         ordering_key=record.record_key,
         next_attempt_at=timezone.now(),
     )
+    if batch is None:
+        command.save()
     run.state = SyncRun.State.QUEUED
     run.command = command
-    rows.append(
-        _row(
-            Step.ENQUEUE,
-            f"Command {command.pk} ({command.command_type}) queued for "
-            f"{route.destination.slug} in {command.get_mode_display().lower()} mode.",
-            record,
-            command,
-            after=payload,
-        )
-    )
+    row = _row(Step.ENQUEUE, "", record, command, after=payload)
+    rows.append(row)
+    if batch is not None:
+        # The message names the command's id, which the batch's insert sets.
+        batch.add_command(command, lambda: _set_enqueue_message(row, command, route))
+    else:
+        _set_enqueue_message(row, command, route)
     return command
+
+
+def _set_enqueue_message(row, command, route) -> None:
+    row.message = (
+        f"Command {command.pk} ({command.command_type}) queued for "
+        f"{route.destination.slug} in {command.get_mode_display().lower()} mode."
+    )
 
 
 def _row(step, message, record, command, *, after=None):

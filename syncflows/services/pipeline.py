@@ -1,7 +1,7 @@
 """Match, transform, validate and route: from a record change to an outbox command.
 
-Each change is processed in one transaction that locks its source record, so
-changes of one record are processed one at a time. The mapping reads the
+Changes are processed in batches; a batch's transaction locks the source
+records of its changes, so changes of one record are processed one at a time. The mapping reads the
 record's current state, not the change's snapshot: when two changes of one
 record are processed out of order, both map to the same command.
 """
@@ -14,8 +14,9 @@ from django.utils import timezone
 from meshline import money
 from meshline.expressions import Evaluator, ExpressionError, LookupMissing, to_cel_value
 from syncflows.adapters.base import REASONS
-from syncflows.models import InboundEvent, LedgerEntry, RecordChange, SourceRecord, SyncRun
+from syncflows.models import Command, InboundEvent, LedgerEntry, RecordChange, SourceRecord, SyncRun
 from syncflows.services import ledger
+from syncflows.services.batch import ChangeBatch, NeedsOwnTransaction
 from syncflows.services.config import load_config, validator_for
 from syncflows.services.failures import Failure, report_failure, report_resolution
 from syncflows.services.outbox import enqueue_command
@@ -32,30 +33,131 @@ class RunFailed(Exception):
         self.detail = detail or {}
 
 
-BATCH_SIZE = 50
+BATCH_SIZE = 100
 
 
-def process_changes(change_ids, config=None) -> list[int]:
+def process_changes(change_ids, config=None, *, fill: bool = False) -> list[int]:
     """Process changes in batches; return the queued command ids.
 
-    A batch commits once, and each change runs in its own savepoint, so a
-    change that fails rolls back alone and stays ``applied`` for the sweep.
+    With ``fill``, a batch that has room also takes other changes waiting to
+    be processed, so a backlog of one-change tasks is worked off in batches
+    and the tasks that come later find their change done.
+
+    Each batch is one transaction. Its changes are planned in Python and
+    written with one statement per table (see batch.py). A change that needs
+    more runs on its own in a savepoint, so a change that fails rolls back
+    alone and stays ``applied`` for the sweep.
     """
-    config = config or load_config()
     command_ids = []
     ids = list(change_ids)
-    for start in range(0, len(ids), BATCH_SIZE):
-        with transaction.atomic():
-            for change_id in ids[start : start + BATCH_SIZE]:
-                try:
-                    command_ids.extend(process_change(change_id, config))
-                except Exception:
-                    # One broken change must not stop the batch.
-                    logger.exception("Processing record change %s failed", change_id)
+    starts = range(0, len(ids), BATCH_SIZE) if ids else [0]
+    for start in starts:
+        chunk = ids[start : start + BATCH_SIZE]
+        waiting = RecordChange.objects.filter(status=RecordChange.Status.APPLIED)
+        if not (waiting if fill else waiting.filter(pk__in=chunk)).exists():
+            # Nothing to do, found with one query and no transaction: the
+            # usual case for the later tasks of a backlog.
+            continue
+        claimed = []
+        try:
+            with transaction.atomic():
+                changes = _claim_changes(chunk, fill)
+                if not changes:
+                    continue
+                claimed = [change.pk for change in changes]
+                # Read once there is work: most tasks of a backlog find their
+                # change already done.
+                config = config or load_config()
+                command_ids.extend(_process_batch(changes, config))
+        except Exception:
+            # The batch rolled back as a whole; each change gets its own try.
+            logger.exception("A batch of %s record change(s) failed; processing them one by one", len(claimed))
+            command_ids.extend(_process_one_by_one(claimed, config or load_config()))
     return command_ids
 
 
+def _process_one_by_one(change_ids, config) -> list[int]:
+    command_ids = []
+    for change_id in change_ids:
+        try:
+            command_ids.extend(process_change(change_id, config))
+        except Exception:
+            # One broken change must not stop the others.
+            logger.exception("Processing record change %s failed", change_id)
+    return command_ids
+
+
+def _claim_changes(ids, fill: bool) -> list:
+    """Lock the changes still to be processed; skip those another worker holds."""
+    claimable = (
+        RecordChange.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("event")
+        .filter(status=RecordChange.Status.APPLIED)
+    )
+    changes = list(claimable.filter(pk__in=ids)) if ids else []
+    room = BATCH_SIZE - len(changes)
+    if fill and room > 0:
+        # The sweep index serves this: applied changes, oldest first.
+        others = claimable.exclude(pk__in=ids).order_by("created_at", "id")[:room]
+        changes.extend(others)
+    return sorted(changes, key=lambda change: change.pk)
+
+
+def _process_batch(changes, config) -> list[int]:
+    if not changes:
+        return []
+    # Lock the records in id order, so two workers never wait on each other
+    # in a cycle.
+    records = {
+        record.pk: record
+        for record in SourceRecord.objects.select_for_update(of=("self",))
+        .select_related("connector")
+        .filter(pk__in={change.record_id for change in changes})
+        .order_by("pk")
+    }
+    batch = ChangeBatch(_live_commands(records))
+    command_ids = []
+    for change in changes:
+        record = records[change.record_id]
+        if batch.holds_record(record.pk):
+            # A second change of a record in one batch sees the first one's rows.
+            command_ids.extend(batch.flush())
+        if not record.parent_id:
+            batch.begin_change(change)
+            try:
+                _match_and_run(change, record, config, batch)
+            except Exception:
+                # NeedsOwnTransaction, or an error that processing the change
+                # on its own reports below.
+                batch.discard_change()
+            else:
+                batch.end_change(change.status)
+                continue
+        command_ids.extend(batch.flush())
+        try:
+            command_ids.extend(process_change(change.pk, config))
+        except Exception:
+            # One broken change must not stop the batch.
+            logger.exception("Processing record change %s failed", change.pk)
+        # The change may have written the record and its commands; later
+        # changes of the record in this batch must see that.
+        record.refresh_from_db()
+        batch.forget_record(record.pk)
+        batch.live_commands.update(_live_commands({record.pk: record}))
+    command_ids.extend(batch.flush())
+    return command_ids
+
+
+def _live_commands(records) -> dict:
+    """Return the records' commands that still hold their idempotency key."""
+    live = Command.objects.filter(record_id__in=list(records)).exclude(
+        state=Command.State.SUPERSEDED
+    )
+    return {command.idempotency_key: command for command in live}
+
+
 def process_change(change_id: int, config) -> list[int]:
+    """Process one change with its own writes, for what a batch cannot plan."""
     with transaction.atomic():
         change = RecordChange.objects.select_related("event").get(pk=change_id)
         record = SourceRecord.objects.select_for_update(of=("self",)).select_related("connector").get(
@@ -92,7 +194,10 @@ def _event_variables(change, record) -> dict:
     }
 
 
-def _match_and_run(change, record, config) -> list[int]:
+def _match_and_run(change, record, config, batch=None) -> list[int]:
+    """Match the change's triggers and run their briefs. With ``batch``, the
+    rows go to the batch, and what it cannot hold raises NeedsOwnTransaction."""
+    write_rows = batch.add_rows if batch is not None else LedgerEntry.objects.bulk_create
     event_vars = _event_variables(change, record)
     evaluator = Evaluator(
         {
@@ -102,7 +207,7 @@ def _match_and_run(change, record, config) -> list[int]:
             "event": event_vars,
         }
     )
-    matched = []
+    matched, unmatched_rows = [], []
     namespace = record.record_key.split(":", 1)[0]
     for trigger in config.triggers_for(namespace, record.object_type):
         try:
@@ -111,22 +216,31 @@ def _match_and_run(change, record, config) -> list[int]:
         except ExpressionError as exc:
             # A trigger that cannot be evaluated on this record does not match;
             # the ledger keeps the reason so that the trigger can be fixed.
-            ledger.write(
-                Step.NO_MATCH,
-                f"Trigger {trigger.slug} could not be evaluated: {exc.message}",
-                ok=False,
-                record_key=record.record_key,
-                event_id=change.event_id,
+            unmatched_rows.append(
+                ledger.build(
+                    Step.NO_MATCH,
+                    f"Trigger {trigger.slug} could not be evaluated: {exc.message}",
+                    ok=False,
+                    record_key=record.record_key,
+                    event_id=change.event_id,
+                )
             )
     if not matched:
         change.status = RecordChange.Status.UNMATCHED
-        ledger.write(
-            Step.NO_MATCH,
-            f"No trigger matched revision {change.revision}.",
-            record_key=record.record_key,
-            event_id=change.event_id,
+        unmatched_rows.append(
+            ledger.build(
+                Step.NO_MATCH,
+                f"No trigger matched revision {change.revision}.",
+                record_key=record.record_key,
+                event_id=change.event_id,
+            )
         )
+        write_rows(unmatched_rows)
         return []
+    if unmatched_rows:
+        write_rows(unmatched_rows)
+    if batch is not None and any(config.shadows_by_trigger.get(trigger.pk) for trigger in matched):
+        raise NeedsOwnTransaction("a shadow version runs on this change")
 
     change.status = RecordChange.Status.MATCHED
     command_ids = []
@@ -140,15 +254,16 @@ def _match_and_run(change, record, config) -> list[int]:
         business_unit = record.business_unit or record.connector.business_unit
         versions = config.versions_for(trigger.pk, business_unit)
         if not versions:
-            LedgerEntry.objects.bulk_create([matched_row])
+            write_rows([matched_row])
         for index, version in enumerate(versions):
             first_rows = [matched_row] if index == 0 else None
             command = run_brief(
-                version, change, record, config, trigger=trigger, first_rows=first_rows
+                version, change, record, config, trigger=trigger, first_rows=first_rows, batch=batch
             )
             if command is not None:
                 command_ids.append(command.pk)
-        _run_shadows(trigger, change, record, config, business_unit)
+        if batch is None:
+            _run_shadows(trigger, change, record, config, business_unit)
     return command_ids
 
 
@@ -215,11 +330,14 @@ def load_children(record) -> dict:
     return children
 
 
-def run_brief(version, change, record, config, *, trigger=None, first_rows=None):
+def run_brief(version, change, record, config, *, trigger=None, first_rows=None, batch=None):
     """Apply one brief version to one change; return the queued Command or None.
 
     ``first_rows`` are ledger rows to write before this run's own, in the same
-    bulk insert."""
+    bulk insert. With ``batch``, the run and its rows go to the batch, and the
+    command it returns is saved when the batch is flushed."""
+    if batch is not None and version.read_back:
+        raise NeedsOwnTransaction("the brief reads the record back from the CRM")
     rows: list[LedgerEntry] = []
     run = SyncRun(
         brief_version=version,
@@ -266,10 +384,20 @@ def run_brief(version, change, record, config, *, trigger=None, first_rows=None)
                 _row(Step.ROUTE, f"Routed to {route.destination.slug} ({route.mode}).", record, change)
             )
             run.payload = payload
-            command = enqueue_command(run, version, record, payload, route, rows)
+            command = enqueue_command(run, version, record, payload, route, rows, batch=batch)
     except RunFailed as exc:
+        if batch is not None:
+            raise NeedsOwnTransaction("the run failed and opens a case") from exc
         run.state = SyncRun.State.FAILED
         run.reason_code, run.error, run.error_detail = exc.reason_code, exc.message, exc.detail
+    if batch is not None:
+        for row in rows:
+            row.run = run
+            row.command = row.command or command
+        batch.add_run(run, [*(first_rows or []), *rows])
+        if run.state in (SyncRun.State.QUEUED, SyncRun.State.UNCHANGED):
+            batch.add_resolution(record.record_key, version.brief_id, run)
+        return command
     run.save()
     for row in rows:
         row.run = run
