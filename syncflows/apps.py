@@ -9,3 +9,6 @@ class SyncflowsConfig(AppConfig):
         from syncflows.connectors import load_builtin_kinds
 
         load_builtin_kinds()
+
+        # Connects the signals that clear the endpoint's connector cache.
+        from syncflows.services import connectors  # noqa: F401

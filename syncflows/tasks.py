@@ -17,16 +17,41 @@ SWEEP_AFTER_SECONDS = 60
 
 
 def enqueue_changes(change_ids: list[int]) -> None:
-    """Queue processing of committed record changes, after the commit."""
+    """Queue processing of record changes, to run once they are committed.
+
+    On the ORM broker the task row is written in the caller's transaction, so
+    the changes and their task commit together, with one commit. Any other
+    broker receives the task after the commit."""
     ids = list(change_ids)
     if settings.MESHLINE_SYNC_PIPELINE:
         transaction.on_commit(lambda: process_changes_task(ids))
         return
     from django_q.tasks import async_task
 
-    transaction.on_commit(
-        lambda: async_task("syncflows.tasks.process_changes_task", ids, group="pipeline")
-    )
+    def send():
+        async_task("syncflows.tasks.process_changes_task", ids, group="pipeline")
+
+    if settings.Q_CLUSTER.get("orm") and transaction.get_connection().in_atomic_block:
+        send()
+    else:
+        transaction.on_commit(send)
+
+
+def enqueue_deliveries(delivery_ids: list[int]) -> None:
+    """Queue normalising of stored deliveries, as ``enqueue_changes`` does."""
+    ids = list(delivery_ids)
+    if settings.MESHLINE_SYNC_PIPELINE:
+        transaction.on_commit(lambda: normalise_deliveries_task(ids))
+        return
+    from django_q.tasks import async_task
+
+    def send():
+        async_task("syncflows.tasks.normalise_deliveries_task", ids, group="pipeline")
+
+    if settings.Q_CLUSTER.get("orm") and transaction.get_connection().in_atomic_block:
+        send()
+    else:
+        transaction.on_commit(send)
 
 
 def enqueue_dispatch() -> None:
@@ -57,10 +82,26 @@ def process_changes_task(change_ids: list[int]) -> int:
     from syncflows.services.dispatch import dispatch_due
     from syncflows.services.pipeline import process_changes
 
-    command_ids = process_changes(change_ids)
+    # Filling the batch with other waiting changes works a backlog off in
+    # batches; the tasks of those changes then find nothing left to do.
+    command_ids = process_changes(change_ids, fill=True)
     if command_ids:
         dispatch_due()
     return len(command_ids)
+
+
+def normalise_deliveries_task(delivery_ids: list[int]) -> int:
+    """Apply the events of stored deliveries, then process their changes."""
+    from syncflows.services.receive import normalise_delivery
+
+    change_ids = []
+    for delivery_id in delivery_ids:
+        result = normalise_delivery(delivery_id)
+        if result is not None:
+            change_ids.extend(result.change_ids)
+    if not change_ids:
+        return 0
+    return process_changes_task(change_ids)
 
 
 def dispatch_task() -> int:
@@ -76,6 +117,16 @@ def sweep_task() -> dict:
 
     requeued = sweep()
     cutoff = timezone.now() - timedelta(seconds=SWEEP_AFTER_SECONDS)
+    from syncflows.models import Delivery
+
+    stored = list(
+        Delivery.objects.filter(status=Delivery.Status.RECEIVED, received_at__lt=cutoff)
+        .order_by("received_at")
+        .values_list("id", flat=True)[:1000]
+    )
+    if stored:
+        logger.warning("Sweep found %s delivery(ies) never normalised; normalising them", len(stored))
+        normalise_deliveries_task(stored)
     forgotten = list(
         RecordChange.objects.filter(status=RecordChange.Status.APPLIED, created_at__lt=cutoff)
         .order_by("id")
@@ -85,4 +136,9 @@ def sweep_task() -> dict:
         logger.warning("Sweep found %s record change(s) never processed; processing them", len(forgotten))
         process_changes_task(forgotten)
     ran = dispatch_due()
-    return {"requeued": requeued, "changes": len(forgotten), "dispatched": ran}
+    return {
+        "requeued": requeued,
+        "deliveries": len(stored),
+        "changes": len(forgotten),
+        "dispatched": ran,
+    }

@@ -104,6 +104,14 @@ def send(client, django_capture_on_commit_callbacks):
 
 
 @pytest.fixture(autouse=True)
+def fresh_connector_cache():
+    """Start each test without connectors cached by an earlier, rolled-back test."""
+    from syncflows.services.connectors import forget_connectors
+
+    forget_connectors()
+
+
+@pytest.fixture(autouse=True)
 def serial_dispatch(settings):
     """Dispatch in the test's own thread, so it sees the test's transaction."""
     settings.MESHLINE_DISPATCH_CONCURRENCY = 1

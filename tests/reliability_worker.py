@@ -96,9 +96,22 @@ def applied_change_ids(limit: int, rng: random.Random) -> list[int]:
     return sorted(rng.sample(oldest, min(limit, len(oldest))))
 
 
-def work_remains() -> bool:
-    from syncflows.models import Command, RecordChange
+def normalise_stored() -> int:
+    """Apply the events of deliveries that the webhook endpoint stored, as the
+    worker's task does; return how many this worker normalised."""
+    from syncflows.models import Delivery
+    from syncflows.services.receive import normalise_delivery
 
+    stored = Delivery.objects.filter(status=Delivery.Status.RECEIVED).order_by("id")
+    results = [normalise_delivery(pk) for pk in stored.values_list("id", flat=True)[:50]]
+    return sum(1 for result in results if result is not None)
+
+
+def work_remains() -> bool:
+    from syncflows.models import Command, Delivery, RecordChange
+
+    if Delivery.objects.filter(status=Delivery.Status.RECEIVED).exists():
+        return True
     if RecordChange.objects.filter(status=RecordChange.Status.APPLIED).exists():
         return True
     return Command.objects.filter(state__in=Command.OPEN_STATES).exists()
@@ -111,6 +124,7 @@ def run_once(args, rng, summary) -> int:
 
     done = 0
     if args.process:
+        done += normalise_stored()
         ids = applied_change_ids(args.batch, rng)
         if ids:
             summary["commands_queued"] += len(process_changes(ids))

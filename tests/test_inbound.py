@@ -115,3 +115,18 @@ def test_unreadable_secret_keeps_delivery(demo, send, settings):
     assert response.json()["code"] == "secret_unreadable"
     assert "Enter the secret again" in response.json()["message"]
     assert Delivery.objects.get().status == "rejected"
+
+
+def test_endpoint_reads_a_saved_connector_again(demo, send):
+    from syncflows.services.connectors import active_connector
+
+    body = json.loads((FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_text())
+    assert send.pipedrive(body).status_code == 200
+    cached = active_connector("pipedrive")
+    assert active_connector("pipedrive") is cached
+    connector = Connector.objects.get(slug="pipedrive")
+    connector.is_active = False
+    connector.save()
+    response = send.pipedrive(body)
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_connector"

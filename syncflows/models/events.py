@@ -5,6 +5,9 @@ class Delivery(models.Model):
     """One HTTP request or file record as it arrived, kept byte for byte."""
 
     class Status(models.TextChoices):
+        # Stored with its events by the webhook endpoint; a worker has not yet
+        # applied the events to their records.
+        RECEIVED = "received", "Received"
         ACCEPTED = "accepted", "Accepted"
         DUPLICATE = "duplicate", "Duplicate"
         QUARANTINED = "quarantined", "Quarantined"
@@ -39,6 +42,14 @@ class Delivery(models.Model):
     class Meta:
         ordering = ["-received_at", "-id"]
         verbose_name_plural = "deliveries"
+        indexes = [
+            # The sweep's query: deliveries stored but never normalised.
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(status="received"),
+                name="delivery_not_normalised",
+            )
+        ]
 
     def __str__(self):
         return f"delivery {self.pk} from {self.connector_id}"

@@ -8,6 +8,8 @@ cannot roll a newer value back, while its other, newer fields still apply.
 
 from datetime import UTC
 
+from django.db import connection
+
 from syncflows.models import RecordAlias, RecordChange, SourceRecord
 from syncflows.services import ledger
 
@@ -26,13 +28,27 @@ def _version(event) -> list:
 
 def resolve_record(connector, object_type: str, record_id: str, *, lock: bool = True):
     """Return the SourceRecord for a CRM id, following merge aliases; create it
-    when it is new. The row is locked for the rest of the transaction."""
+    when it is new. The row is locked for the rest of the transaction.
+
+    ``record._created`` says whether this call created the row."""
     key = record_key(connector, object_type, record_id)
     alias = RecordAlias.objects.filter(alias_key=key).values_list("record_id", flat=True).first()
     queryset = SourceRecord.objects.select_for_update() if lock else SourceRecord.objects
     if alias is not None:
-        return queryset.get(pk=alias)
-    record, _ = queryset.get_or_create(
+        record = queryset.get(pk=alias)
+        record._created = False
+        return record
+    fresh = SourceRecord(
+        connector=connector,
+        object_type=object_type,
+        record_id=record_id,
+        record_key=key,
+        business_unit=connector.business_unit,
+        region=connector.region,
+    )
+    if connection.vendor == "postgresql":
+        return _upsert(fresh)
+    record, created = queryset.get_or_create(
         record_key=key,
         defaults={
             "connector": connector,
@@ -42,11 +58,48 @@ def resolve_record(connector, object_type: str, record_id: str, *, lock: bool = 
             "region": connector.region,
         },
     )
+    record._created = created
     return record
 
 
-def apply_event(event, parsed) -> RecordChange:
-    """Merge one InboundEvent into its record and store the RecordChange."""
+def _upsert(fresh):
+    """Insert the record, or lock and return the stored one, in one statement.
+
+    ``ON CONFLICT DO UPDATE`` locks the existing row as ``SELECT ... FOR
+    UPDATE`` would; the no-op update leaves its values alone."""
+    meta = SourceRecord._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    values = [field.get_db_prep_save(field.pre_save(fresh, add=True), connection) for field in fields]
+    quote = connection.ops.quote_name
+    columns = [field.column for field in meta.concrete_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) "
+            "ON CONFLICT (record_key) DO UPDATE SET record_key = EXCLUDED.record_key "
+            f"RETURNING {', '.join(quote(column) for column in columns)}, (xmax = 0)",
+            values,
+        )
+        *row, created = cursor.fetchone()
+    converters = connection.ops.get_db_converters
+    decoded = []
+    for field, value in zip(meta.concrete_fields, row):
+        expression = field.get_col(meta.db_table)
+        for converter in [*converters(expression), *field.get_db_converters(connection)]:
+            value = converter(value, expression, connection)
+        decoded.append(value)
+    record = SourceRecord.from_db(connection.alias, [field.attname for field in meta.concrete_fields], decoded)
+    if record.connector_id == fresh.connector_id:
+        record.connector = fresh.connector
+    record._created = created
+    return record
+
+
+def apply_event(event, parsed, rows=None) -> RecordChange:
+    """Merge one InboundEvent into its record and store the RecordChange.
+
+    With ``rows``, the ledger row is appended there for the caller to insert
+    with the others; without it, the row is written at once."""
     connector = event.connector
     record = resolve_record(connector, event.object_type, event.record_id)
     previous = dict(record.state)
@@ -85,7 +138,8 @@ def apply_event(event, parsed) -> RecordChange:
         record.save()
         if parsed.change_type == "merge":
             _record_merge(record, parsed)
-        _adopt_children(record)
+        if record._created:
+            _adopt_children(record)
 
     change = RecordChange.objects.create(
         record=record,
@@ -99,7 +153,7 @@ def apply_event(event, parsed) -> RecordChange:
         status=RecordChange.Status.STALE if is_stale else RecordChange.Status.APPLIED,
     )
     if is_stale:
-        ledger.write(
+        row = ledger.build(
             Step.STALE,
             f"Change from {event.occurred_at.isoformat()} is older than the stored "
             f"values of {', '.join(skipped)}; the newer state was kept.",
@@ -114,7 +168,7 @@ def apply_event(event, parsed) -> RecordChange:
         )
     else:
         note = f" Kept newer values of {', '.join(skipped)}." if skipped else ""
-        ledger.write(
+        row = ledger.build(
             Step.NORMALISE,
             f"{parsed.change_type.capitalize()} applied as revision {record.revision}; "
             f"changed: {', '.join(changed) or 'nothing'}.{note}",
@@ -125,6 +179,10 @@ def apply_event(event, parsed) -> RecordChange:
             payload_before=previous,
             payload_after=record.state,
         )
+    if rows is None:
+        row.save()
+    else:
+        rows.append(row)
     return change
 
 

@@ -7,7 +7,7 @@ after the commit. Processing the changes is queued on commit.
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, OperationalError, transaction
@@ -52,21 +52,29 @@ class ReceiveResult:
     error: Exception | None = None
     accepted: int = 0
     duplicates: int = 0
-    stale: int = 0
+    stale: int | None = 0  # None while a worker has not normalised the events
     change_ids: list[int] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {
+        summary = {
             "status": self.status,
             "delivery": self.delivery.pk if self.delivery else None,
             "events_accepted": self.accepted,
             "events_duplicate": self.duplicates,
-            "events_stale": self.stale,
         }
+        if self.stale is not None:
+            summary["events_stale"] = self.stale
+        return summary
 
 
-def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveResult:
-    """Verify, parse and store one delivery; queue its changes for processing."""
+def receive(connector, request: DeliveryRequest, *, replay_of=None, defer=False) -> ReceiveResult:
+    """Verify, parse and store one delivery; queue its changes for processing.
+
+    With ``defer``, as the webhook endpoint does, the delivery and its events
+    (the dedupe rows) are stored, and a worker applies the events to their
+    records later (``normalise_delivery``), so the CRM gets its answer after
+    a few inserts. Without it, the events are applied in the same
+    transaction."""
     kind = get_kind(connector.kind)
     content_hash = hashlib.sha256(request.body).hexdigest()
     try:
@@ -105,7 +113,16 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
         try:
             with transaction.atomic():
                 claim_signature(connector, signature)
-                result = _store_events(connector, request, content_hash, parsed, replay_of)
+                result, stored = _store_events(
+                    connector, request, content_hash, parsed, replay_of, defer
+                )
+                if stored and defer:
+                    from syncflows.tasks import enqueue_deliveries
+
+                    result.stale = None
+                    enqueue_deliveries([result.delivery.pk])
+                elif stored:
+                    _normalise(result, stored, connector)
             break
         except DeliveryRejected as reused:
             return _reject(connector, request, content_hash, reused, replay_of)
@@ -123,14 +140,112 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None) -> ReceiveRe
             connector.slug,
             result.accepted,
             result.duplicates,
-            result.stale,
+            "not yet known" if result.stale is None else result.stale,
             extra={"delivery_id": result.delivery.pk},
         )
-    if result.change_ids:
+    return result
+
+
+def _normalise(result, stored, connector, *, queue: bool = True) -> None:
+    """Apply stored events to their records, in the caller's transaction, and
+    queue the changes unless ``queue`` is off."""
+    rows = []
+    for event, parsed_event in stored:
+        change = apply_event(event, parsed_event, rows)
+        if change.status == RecordChange.Status.STALE:
+            result.stale += 1
+            event.status = InboundEvent.Status.STALE
+            event.save(update_fields=["status"])
+        else:
+            result.change_ids.append(change.pk)
+    ledger.LedgerEntry.objects.bulk_create(rows)
+    if result.change_ids and queue:
         from syncflows.tasks import enqueue_changes
 
         enqueue_changes(result.change_ids)
+
+
+def normalise_delivery(delivery_id: int) -> ReceiveResult | None:
+    """Apply the events of a delivery stored with ``defer`` to their records.
+
+    Return None when the delivery is not waiting, for example because another
+    worker holds it or has done it. The body is parsed again, which gives the
+    same events, matched to the stored ones by position."""
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _normalise_stored(delivery_id)
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == 2 or not _is_retryable(exc):
+                raise
+            logger.info(
+                "Normalising delivery %s conflicted (%s); retrying",
+                delivery_id,
+                type(exc).__name__,
+                extra={"delivery_id": delivery_id},
+            )
+    return None
+
+
+def _normalise_stored(delivery_id: int) -> ReceiveResult | None:
+    delivery = (
+        Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("connector")
+        .filter(pk=delivery_id, status=Delivery.Status.RECEIVED)
+        .first()
+    )
+    if delivery is None:
+        return None
+    connector = delivery.connector
+    request = _stored_request(delivery, verified=True)
+    try:
+        parsed = get_kind(connector.kind).parse(connector, request)
+    except ParseError as exc:
+        # The endpoint parsed this body before storing it, so only a changed
+        # parser gets here; the delivery waits in quarantine for a replay.
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=Delivery.Status.QUARANTINED, error=exc.message, error_code=exc.code
+        )
+        ledger.write(
+            Step.QUARANTINE,
+            f"Delivery {delivery.pk} quarantined: {exc.message}",
+            ok=False,
+            connector=connector,
+            delivery=delivery,
+        )
+        logger.warning(
+            "Quarantined delivery %s when normalising it: %s",
+            delivery.pk,
+            exc.code,
+            extra={"delivery_id": delivery.pk},
+        )
+        return None
+    events = list(delivery.events.filter(change__isnull=True).order_by("id"))
+    result = ReceiveResult("accepted", delivery=delivery, accepted=len(events))
+    # The caller processes the changes itself, so they are not queued.
+    pairs = [(event, parsed[event.position]) for event in events]
+    _normalise(result, pairs, connector, queue=False)
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.ACCEPTED)
+    logger.info(
+        "Delivery %s normalised: %s change(s), %s stale",
+        delivery.pk,
+        len(result.change_ids),
+        result.stale,
+        extra={"delivery_id": delivery.pk},
+    )
     return result
+
+
+def _stored_request(delivery, *, verified: bool) -> DeliveryRequest:
+    return DeliveryRequest(
+        method="POST",
+        url=delivery.request_url,
+        headers=CaseInsensitiveMapping(delivery.headers),
+        body=bytes(delivery.body),
+        received_at=delivery.received_at,
+        source=delivery.source,
+        verified=verified,
+    )
 
 
 def _is_retryable(exc) -> bool:
@@ -230,7 +345,10 @@ def _new_delivery(connector, request, content_hash, status, replay_of) -> Delive
     )
 
 
-def _store_events(connector, request, content_hash, parsed, replay_of) -> ReceiveResult:
+def _store_events(connector, request, content_hash, parsed, replay_of, defer: bool):
+    """Store the delivery and its new events, the dedupe rows; return the
+    result and the ``(event, parsed event)`` pairs still to be applied, oldest
+    first."""
     result = ReceiveResult("accepted")
     keys = [event.dedupe_key for event in parsed]
     seen = dict(
@@ -238,16 +356,18 @@ def _store_events(connector, request, content_hash, parsed, replay_of) -> Receiv
             "dedupe_key", "pk"
         )
     )
-    fresh = []
+    rows, fresh = [], []
     for position, event in enumerate(parsed):
         if event.dedupe_key in seen:
             result.duplicates += 1
-            ledger.write(
-                Step.DUPLICATE,
-                f"Duplicate of inbound event {seen[event.dedupe_key]} "
-                f"(CRM event {event.crm_event_id or event.dedupe_key}); nothing new written.",
-                record_key=record_key(connector, event.object_type, event.record_id),
-                connector=connector,
+            rows.append(
+                ledger.build(
+                    Step.DUPLICATE,
+                    f"Duplicate of inbound event {seen[event.dedupe_key]} "
+                    f"(CRM event {event.crm_event_id or event.dedupe_key}); nothing new written.",
+                    record_key=record_key(connector, event.object_type, event.record_id),
+                    connector=connector,
+                )
             )
             continue
         seen[event.dedupe_key] = None  # a repeat inside the same batch
@@ -255,24 +375,26 @@ def _store_events(connector, request, content_hash, parsed, replay_of) -> Receiv
 
     if not fresh:
         result.status = "duplicate"
-        return result
+        ledger.LedgerEntry.objects.bulk_create(rows)
+        return result, []
 
-    delivery = _new_delivery(
-        connector, request, content_hash, Delivery.Status.ACCEPTED, replay_of
-    )
+    status = Delivery.Status.RECEIVED if defer else Delivery.Status.ACCEPTED
+    delivery = _new_delivery(connector, request, content_hash, status, replay_of)
     result.delivery = delivery
-    ledger.write(
-        Step.RECEIVE,
-        f"Delivery {delivery.pk} accepted with {len(fresh)} new event(s) "
-        f"and {result.duplicates} duplicate(s).",
-        connector=connector,
-        delivery=delivery,
+    rows.append(
+        ledger.build(
+            Step.RECEIVE,
+            f"Delivery {delivery.pk} accepted with {len(fresh)} new event(s) "
+            f"and {result.duplicates} duplicate(s).",
+            connector=connector,
+            delivery=delivery,
+        )
     )
     # Apply oldest first, so that a batch whose events arrive out of order
     # still builds the state in the order the CRM made the changes.
     fresh.sort(key=lambda item: (item[1].occurred_at, item[1].sequence or 0, item[0]))
-    for position, parsed_event in fresh:
-        event = InboundEvent.objects.create(
+    events = [
+        InboundEvent(
             delivery=delivery,
             connector=connector,
             position=position,
@@ -286,15 +408,12 @@ def _store_events(connector, request, content_hash, parsed, replay_of) -> Receiv
             payload=parsed_event.raw,
             received_at=request.received_at,
         )
-        change = apply_event(event, parsed_event)
-        if change.status == RecordChange.Status.STALE:
-            result.stale += 1
-            event.status = InboundEvent.Status.STALE
-            event.save(update_fields=["status"])
-        else:
-            result.change_ids.append(change.pk)
-        result.accepted += 1
-    return result
+        for position, parsed_event in fresh
+    ]
+    InboundEvent.objects.bulk_create(events)
+    ledger.LedgerEntry.objects.bulk_create(rows)
+    result.accepted = len(fresh)
+    return result, [(event, parsed_event) for event, (_position, parsed_event) in zip(events, fresh)]
 
 
 def replay_delivery(delivery, *, acting_user) -> ReceiveResult:
@@ -311,15 +430,8 @@ def replay_delivery(delivery, *, acting_user) -> ReceiveResult:
             f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; only "
             "rejected or quarantined deliveries can be replayed."
         )
-    request = DeliveryRequest(
-        method="POST",
-        url=delivery.request_url,
-        headers=CaseInsensitiveMapping(delivery.headers),
-        body=bytes(delivery.body),
-        received_at=delivery.received_at,
-        source=Delivery.Source.REPLAY,
-        verified=delivery.status == Delivery.Status.QUARANTINED,
-    )
+    request = _stored_request(delivery, verified=delivery.status == Delivery.Status.QUARANTINED)
+    request = replace(request, source=Delivery.Source.REPLAY)
     result = receive(delivery.connector, request, replay_of=delivery)
     if result.status in ("accepted", "duplicate"):
         Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.REPLAYED)

@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from syncflows.connectors import DeliveryRejected, DeliveryRequest, get_kind
-from syncflows.models import Connector
+from syncflows.services.connectors import active_connector
 from syncflows.services.receive import receive
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def _error(status: int, code: str, message: str) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def inbound(request, slug: str):
-    connector = Connector.objects.filter(slug=slug, is_active=True).first()
+    connector = active_connector(slug)
     if connector is None:
         return _error(
             404,
@@ -59,7 +59,7 @@ def inbound(request, slug: str):
         body=body,
         received_at=timezone.now(),
     )
-    result = receive(connector, delivery_request)
+    result = receive(connector, delivery_request, defer=True)
     if result.status == "rejected":
         return kind.rejected_response(result.error)
     if result.status == "quarantined":
