@@ -326,6 +326,34 @@ def test_store_reports_blocks(store):
     assert blocks[CONNECTOR] > timezone.now() + timedelta(seconds=30)
 
 
+def test_health_page_shows_shared_block(db, client, settings):
+    from django.contrib.auth.models import Group
+
+    from tests.conftest import make_user
+
+    require_postgresql()
+    settings.Q_CLUSTER = {"name": "meshline", "orm": "default"}
+    Group.objects.get_or_create(name="Viewer")
+    with FakePipedrive() as fake:
+        access = pipedrive_access(fake, RATE)
+    store = pacing.current_store()
+    try:
+        pacing.pacer_for(access).block_for(60)
+        client.force_login(make_user("vera", "Viewer"))
+
+        response = client.get("/connectors/health/")
+    finally:
+        store.clear([access.connector_id])
+        pacing.reset_pacers()
+
+    assert response.status_code == 200
+    rows = {row["connector"].slug: row for row in response.context["rows"]}
+    assert rows["pipedrive-paced"]["rate_limited"] is True
+    assert rows["pipedrive-paced"]["health"] is None
+    assert response.context["pace_shared"] is True
+    assert "Limited until" in response.content.decode()
+
+
 # Real processes against one fake CRM
 
 
