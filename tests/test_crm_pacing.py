@@ -197,7 +197,30 @@ def test_pacer_rejects_wait_over_maximum(fake_clock):
     assert raised.value.reason_code == "rate_limited"
     assert raised.value.transient is True
     assert raised.value.retry_after == 45
+    assert raised.value.message == (
+        f"Calls to the CRM of connector {CONNECTOR} are held after a 429: this "
+        "call would wait 45 s, longer than the connector's maximum wait of 30 s."
+    )
     assert fake_clock == []
+
+
+def test_pacer_waits_again_after_block_in_sleep(fake_clock, monkeypatch):
+    pacer = pacing.Pacer(CONNECTOR, rate=0.5)
+    sleep = pacing.sleep
+
+    def sleep_and_block_once(seconds):
+        # Another call gets a 429 with Retry-After: 5 while this one sleeps.
+        if not fake_clock:
+            pacer.block_for(5)
+        sleep(seconds)
+
+    pacer.wait()
+    monkeypatch.setattr(pacing, "sleep", sleep_and_block_once)
+
+    waited = pacer.wait()
+
+    assert fake_clock == pytest.approx([2.2, 2.8])
+    assert waited == pytest.approx(5)
 
 
 def test_pacer_logs_long_waits_once(fake_clock, caplog):
@@ -310,6 +333,17 @@ def test_store_holds_slots_after_block(store):
     assert held.blocked is True
     assert 30 < held.wait <= 60
     assert store.reserve(OTHER_CONNECTOR, 0, max_wait=0).reserved is True
+
+
+def test_store_reports_block_remaining(store):
+    store.block(CONNECTOR, 60)
+    store.reserve(OTHER_CONNECTOR, 0, max_wait=0)
+
+    remaining = store.block_remaining(CONNECTOR)
+
+    assert 30 < remaining <= 60
+    assert store.block_remaining(OTHER_CONNECTOR) == 0
+    assert store.block_remaining(990_003) == 0
 
 
 def test_store_reports_blocks(store):

@@ -108,6 +108,10 @@ class ProcessStore:
             if until > self.blocked.get(connector_id, -math.inf):
                 self.blocked[connector_id] = until
 
+    def block_remaining(self, connector_id: int) -> float:
+        with self.lock:
+            return max(0.0, self.blocked.get(connector_id, -math.inf) - clock())
+
     def blocked_until(self, connector_ids) -> dict:
         """Return nothing: the page's process does not share the workers' blocks."""
         return {}
@@ -162,6 +166,14 @@ return 1
 """
 
 
+_REDIS_BLOCK_REMAINING = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0
+return math.max(0, blocked - now)
+"""
+
+
 class RedisStore:
     """Slots kept in a Redis hash per connector, changed only by Lua scripts."""
 
@@ -179,6 +191,7 @@ class RedisStore:
         self.prefix = prefix
         self._reserve = self.client.register_script(_REDIS_RESERVE)
         self._block = self.client.register_script(_REDIS_BLOCK)
+        self._block_remaining = self.client.register_script(_REDIS_BLOCK_REMAINING)
 
     def key(self, connector_id: int) -> str:
         return f"{self.prefix}:crm-pace:{connector_id}"
@@ -194,6 +207,9 @@ class RedisStore:
         self._block(
             keys=[self.key(connector_id)], args=[_micros(seconds), REDIS_KEEP_MS]
         )
+
+    def block_remaining(self, connector_id: int) -> float:
+        return int(self._block_remaining(keys=[self.key(connector_id)])) / 1_000_000
 
     def blocked_until(self, connector_ids) -> dict:
         connector_ids = list(connector_ids)
@@ -249,6 +265,12 @@ WHERE connector_id = %(connector_id)s
 RETURNING 1
 """
 
+_PG_BLOCK_REMAINING = """
+SELECT GREATEST(0, EXTRACT(EPOCH FROM blocked_until - now()))
+FROM syncflows_crmpace
+WHERE connector_id = %(connector_id)s
+"""
+
 _PG_INSERT = """
 INSERT INTO syncflows_crmpace (connector_id, next_slot_at, blocked_until, last_start_at)
 VALUES (%(connector_id)s, now(), now(), now())
@@ -286,6 +308,12 @@ class PostgresStore:
 
     def block(self, connector_id: int, seconds: float) -> None:
         self._update(_PG_BLOCK, {"connector_id": connector_id, "seconds": seconds})
+
+    def block_remaining(self, connector_id: int) -> float:
+        with self.lock, self._cursor() as cursor:
+            cursor.execute(_PG_BLOCK_REMAINING, {"connector_id": connector_id})
+            row = cursor.fetchone()
+        return float(row[0]) if row else 0.0
 
     def blocked_until(self, connector_ids) -> dict:
         from syncflows.models import CrmPace
@@ -442,26 +470,24 @@ class Pacer:
     def wait(self, max_wait: float = math.inf) -> float:
         """Sleep until this call's slot starts; return the seconds waited.
 
-        Raises a transient ``rate_limited`` CrmError, without sleeping or
-        taking a slot, when the slot would start more than ``max_wait``
-        seconds from now.
+        A 429 that another call reports during the sleep blocks this call
+        too, so it then takes a new slot after the block. Raises a transient
+        ``rate_limited`` CrmError, without sleeping or taking a slot, when
+        the wait would exceed ``max_wait`` seconds in all.
         """
-        slot = self._reserve(max_wait)
-        if not slot.reserved:
-            cause = "held after a 429" if slot.blocked else "paced"
-            raise CrmError(
-                "rate_limited",
-                f"Calls to the CRM of connector {self.connector_id} are {cause} "
-                f"for {slot.wait:.0f} s, longer than the connector's maximum wait "
-                f"of {max_wait:.0f} s.",
-                transient=True,
-                retry_after=slot.wait,
-            )
-        if slot.wait > LOG_WAIT_SECONDS:
-            _log_wait(self, slot)
-        if slot.wait > 0:
+        waited = 0.0
+        while True:
+            slot = self._reserve(max_wait - waited)
+            if not slot.reserved:
+                raise self._too_long(slot, waited, max_wait)
+            if slot.wait > LOG_WAIT_SECONDS:
+                _log_wait(self, slot)
+            if slot.wait <= 0:
+                return waited
             sleep(slot.wait)
-        return slot.wait
+            waited += slot.wait
+            if self._block_remaining() <= 0:
+                return waited
 
     def block_for(self, seconds: float) -> None:
         """Hold every call of this connector for ``seconds``, in every process."""
@@ -470,6 +496,24 @@ class Pacer:
         except (redis.RedisError, psycopg.Error) as exc:
             _log_store_error(self.connector_id, exc)
             _process_store.block(self.connector_id, seconds)
+
+    def _too_long(self, slot: Slot, waited: float, max_wait: float) -> CrmError:
+        cause = "held after a 429" if slot.blocked else "paced"
+        return CrmError(
+            "rate_limited",
+            f"Calls to the CRM of connector {self.connector_id} are {cause}: this "
+            f"call would wait {waited + slot.wait:.0f} s, longer than the "
+            f"connector's maximum wait of {max_wait:.0f} s.",
+            transient=True,
+            retry_after=slot.wait,
+        )
+
+    def _block_remaining(self) -> float:
+        try:
+            return current_store().block_remaining(self.connector_id)
+        except (redis.RedisError, psycopg.Error) as exc:
+            _log_store_error(self.connector_id, exc)
+            return _process_store.block_remaining(self.connector_id)
 
     def _reserve(self, max_wait: float) -> Slot:
         store = current_store()
