@@ -50,12 +50,12 @@ def max_calls_per_second(times) -> int:
     counted.
     """
     times = sorted(times)
-    most, end = 0, 0
+    maximum, end = 0, 0
     for first, start in enumerate(times):
         while end < len(times) and times[end] < start + 1.0:
             end += 1
-        most = max(most, end - first)
-    return most
+        maximum = max(maximum, end - first)
+    return maximum
 
 
 # Fixtures
@@ -339,13 +339,13 @@ def test_store_holds_slots_after_block(store):
     store.block(CONNECTOR, 60)
     store.block(CONNECTOR, 10)  # a shorter block keeps the longer one
     too_far = store.reserve(CONNECTOR, 0, max_wait=30)
-    held = store.reserve(CONNECTOR, 0, max_wait=90)
+    after_block = store.reserve(CONNECTOR, 0, max_wait=90)
 
     assert too_far.reserved is False
     assert too_far.blocked is True
-    assert held.reserved is True
-    assert held.blocked is True
-    assert 30 < held.wait <= 60
+    assert after_block.reserved is True
+    assert after_block.blocked is True
+    assert 30 < after_block.wait <= 60
     assert store.reserve(OTHER_CONNECTOR, 0, max_wait=0).reserved is True
 
 
