@@ -168,6 +168,15 @@ MESHLINE_DISPATCH_CONCURRENCY = env_int("MESHLINE_DISPATCH_CONCURRENCY", 4, mini
 # ingest command use it; a live console leaves it off.
 MESHLINE_SYNC_PIPELINE = env_bool("MESHLINE_SYNC_PIPELINE", False)
 MESHLINE_BASE_URL = env_str("MESHLINE_BASE_URL", "http://127.0.0.1:8000")
+# Where the pace of CRM API calls is kept. "auto" shares it between all worker
+# processes (in Redis when Q_BROKER is a Redis URL, else in PostgreSQL), except
+# on SQLite, where each process keeps its own. "process" keeps it per process.
+MESHLINE_CRM_PACER = env_str("MESHLINE_CRM_PACER", "auto")
+if MESHLINE_CRM_PACER not in ("auto", "process"):
+    raise ImproperlyConfigured(
+        f"MESHLINE_CRM_PACER={MESHLINE_CRM_PACER!r} is not supported: use auto "
+        "or process."
+    )
 
 
 def _q_cluster() -> dict:

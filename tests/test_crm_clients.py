@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from syncflows.crm import CrmError, ReadRequest, RecordNotFound, get_client
+from syncflows.crm import CrmError, ReadRequest, RecordNotFound, get_client, pacing
 from syncflows.crm import http as crm_http
 from syncflows.crm.auth import clear_token_cache
 from syncflows.models import Connector, ConnectorApiAccess
@@ -23,7 +23,7 @@ LINE_ITEMS = ReadRequest(
 
 
 @pytest.fixture(autouse=True)
-def recorded_waits(monkeypatch):
+def recorded_waits(monkeypatch, settings):
     """Record the waits of retries and pacing instead of sleeping, on a clock
     that moves only when the client waits."""
     waits, now = [], [1000.0]
@@ -32,13 +32,17 @@ def recorded_waits(monkeypatch):
         waits.append(seconds)
         now[0] += seconds
 
+    # The in-process pacer runs on this clock; the shared ones use the
+    # server's clock and are tested in tests/test_crm_pacing.py.
+    settings.MESHLINE_CRM_PACER = "process"
     monkeypatch.setattr(crm_http, "sleep", fake_sleep)
-    monkeypatch.setattr(crm_http, "clock", lambda: now[0])
+    monkeypatch.setattr(pacing, "sleep", fake_sleep)
+    monkeypatch.setattr(pacing, "clock", lambda: now[0])
     clear_token_cache()
-    crm_http.reset_pacers()
+    pacing.reset_pacers()
     yield waits
     clear_token_cache()
-    crm_http.reset_pacers()
+    pacing.reset_pacers()
 
 
 def api_access(fake, crm, *, oauth=False, slug=None, **options) -> ConnectorApiAccess:
@@ -495,34 +499,3 @@ def test_pipedrive_deleted_deal_not_found():
                 "deal", "1003", ReadRequest()
             )
 
-
-def test_pacer_spaces_calls(monkeypatch):
-    now = [100.0]
-    waits = []
-
-    def fake_sleep(seconds):
-        waits.append(seconds)
-        now[0] += seconds
-
-    monkeypatch.setattr(crm_http, "clock", lambda: now[0])
-    monkeypatch.setattr(crm_http, "sleep", fake_sleep)
-    pacer = crm_http.Pacer(rate=2)
-
-    delays = [pacer.wait() for _ in range(3)]
-
-    assert delays == [0, 0.5, 0.5]
-    assert waits == [0.5, 0.5]
-
-
-def test_pacer_holds_after_rate_limit(monkeypatch):
-    now = [100.0]
-    monkeypatch.setattr(crm_http, "clock", lambda: now[0])
-    monkeypatch.setattr(
-        crm_http, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds)
-    )
-    pacer = crm_http.Pacer(rate=0)
-
-    pacer.block_for(3)
-
-    assert pacer.wait() == 3
-    assert pacer.wait() == 0

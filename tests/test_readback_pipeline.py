@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from exceptions.models import ExceptionCase
 from syncflows.crm import http as crm_http
+from syncflows.crm import pacing
 from syncflows.crm.auth import clear_token_cache
 from syncflows.demo import HUBSPOT_MAPPING
 from syncflows.models import (
@@ -58,7 +59,7 @@ ASSOCIATIONS = "/crm/v4/objects/deals/{}/associations/line_items"
 
 
 @pytest.fixture(autouse=True)
-def no_waits(monkeypatch):
+def no_waits(monkeypatch, settings):
     """Record retry waits on a clock that moves only when the client waits."""
     waits, now = [], [1000.0]
 
@@ -66,13 +67,17 @@ def no_waits(monkeypatch):
         waits.append(seconds)
         now[0] += seconds
 
+    # The in-process pacer runs on this clock; the shared ones use the
+    # server's clock and are tested in tests/test_crm_pacing.py.
+    settings.MESHLINE_CRM_PACER = "process"
     monkeypatch.setattr(crm_http, "sleep", fake_sleep)
-    monkeypatch.setattr(crm_http, "clock", lambda: now[0])
+    monkeypatch.setattr(pacing, "sleep", fake_sleep)
+    monkeypatch.setattr(pacing, "clock", lambda: now[0])
     clear_token_cache()
-    crm_http.reset_pacers()
+    pacing.reset_pacers()
     yield waits
     clear_token_cache()
-    crm_http.reset_pacers()
+    pacing.reset_pacers()
 
 
 def use_read_back(

@@ -102,3 +102,24 @@ def test_bad_broker_stops_startup():
     )
     assert result.returncode != 0
     assert "Q_BROKER='amqp://x'" in result.stderr
+
+
+def test_bad_crm_pacer_stops_startup():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    setup = (
+        "import django, os; "
+        "os.environ['DJANGO_SETTINGS_MODULE'] = 'meshline.settings'; django.setup()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", setup],
+        env={"PATH": "/usr/bin:/bin", "DEBUG": "1", "MESHLINE_CRM_PACER": "redis"},
+        capture_output=True,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+
+    assert result.returncode != 0
+    assert "MESHLINE_CRM_PACER='redis' is not supported" in result.stderr

@@ -2,17 +2,19 @@
 
 Each call is retried on its own, so a read that pages through a collection
 resumes at the page that failed and never fetches an earlier page again.
+Each call, retries included, first waits for its slot from
+``syncflows.crm.pacing``, which every worker process shares.
 """
 
 import logging
 import random
-import threading
 import time
 
 import requests
 
 from syncflows.connectors.base import ParseError, load_json
 from syncflows.crm.errors import CrmError
+from syncflows.crm.pacing import pacer_for
 
 logger = logging.getLogger(__name__)
 
@@ -28,57 +30,6 @@ REMAINING_HEADERS = (
 def sleep(seconds: float) -> None:
     """Wait; tests replace this function to record the waits instead."""
     time.sleep(seconds)
-
-
-def clock() -> float:
-    return time.monotonic()
-
-
-class Pacer:
-    """Spaces the calls of one connector to at most ``rate`` per second.
-
-    NOTE: the pace is kept per worker process, so N workers together may
-    send up to N times the configured rate.
-    """
-
-    def __init__(self, rate: float):
-        self.interval = 1 / rate if rate > 0 else 0.0
-        self.next_at = 0.0
-        self.blocked_until = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self) -> float:
-        with self.lock:
-            now = clock()
-            start = max(now, self.next_at, self.blocked_until)
-            self.next_at = start + self.interval
-        delay = start - now
-        if delay > 0:
-            sleep(delay)
-        return delay
-
-    def block_for(self, seconds: float) -> None:
-        """Hold every call of this connector after a 429, not only the failed one."""
-        with self.lock:
-            self.blocked_until = max(self.blocked_until, clock() + seconds)
-
-
-_pacers: dict = {}
-_pacers_lock = threading.Lock()
-
-
-def pacer_for(access) -> Pacer:
-    rate = float(access.requests_per_second or 0)
-    key = (access.pk, rate)
-    with _pacers_lock:
-        if key not in _pacers:
-            _pacers[key] = Pacer(rate)
-        return _pacers[key]
-
-
-def reset_pacers() -> None:
-    with _pacers_lock:
-        _pacers.clear()
 
 
 def backoff_seconds(attempt: int, retry_after: float | None) -> float:
@@ -168,7 +119,12 @@ class Transport:
 
     def _attempt(self, method, url, params, json_body):
         """Return the decoded body of a successful call, or the CrmError."""
-        self.pacer.wait()
+        try:
+            self.pacer.wait(self.access.max_wait_seconds)
+        except CrmError as error:
+            # The slot starts after the longest wait allowed: defer the read.
+            self.stats["retry_after"] = error.retry_after
+            return error
         self.stats["requests"] += 1
         try:
             response = self.session.request(

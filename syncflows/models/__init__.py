@@ -56,6 +56,10 @@ __all__ = [
     "TriggerChange",
 ]
 
-from syncflows.models.crm import ConnectorApiAccess, ConnectorHealth  # noqa: E402
+from syncflows.models.crm import (  # noqa: E402
+    ConnectorApiAccess,
+    ConnectorHealth,
+    CrmPace,
+)
 
-__all__ += ["ConnectorApiAccess", "ConnectorHealth"]
+__all__ += ["ConnectorApiAccess", "ConnectorHealth", "CrmPace"]

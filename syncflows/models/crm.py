@@ -69,7 +69,12 @@ class ConnectorApiAccess(models.Model):
         max_digits=6,
         decimal_places=2,
         default=Decimal("5"),
-        help_text="Maximum API calls per second from one worker process.",
+        help_text=(
+            "Maximum API calls per second to this CRM from all worker processes "
+            "together; 0 means no pace. Calls are spaced 1.1 / rate seconds "
+            "apart, so network delays of up to 0.1 s cannot put more than rate "
+            "calls into one second."
+        ),
     )
     max_attempts = models.PositiveSmallIntegerField(
         default=4, help_text="Attempts per API call before the read is deferred."
@@ -129,3 +134,29 @@ class ConnectorHealth(models.Model):
 
     def __str__(self):
         return f"health of {self.connector_id}"
+
+
+class CrmPace(models.Model):
+    """The next free call slot and the 429 block of one connector's CRM API.
+
+    The PostgreSQL pacer of ``syncflows.crm.pacing`` writes these rows on its
+    own autocommit connection, never inside the pipeline's transaction.
+    ``connector_id`` is therefore no foreign key: that connection must neither
+    wait for locks on connector rows nor fail on a connector that the
+    pipeline's transaction has not committed yet.
+    """
+
+    connector_id = models.BigIntegerField(primary_key=True)
+    next_slot_at = models.DateTimeField()
+    blocked_until = models.DateTimeField(
+        help_text="No call starts before this, after a 429 or REQUEST_LIMIT_EXCEEDED."
+    )
+    # The start of the slot most recently requested, so that one UPDATE can
+    # return it; the other columns hold the new values after that UPDATE.
+    last_start_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "CRM call pace"
+
+    def __str__(self):
+        return f"CRM call pace of {self.connector_id}"

@@ -10,7 +10,10 @@ Transactions: the pipeline calls ``read_back`` inside the transaction that
 locks the source record, so the HTTP calls run while that row lock is held.
 Other changes of the same record wait; changes of other records do not. The
 wait is bounded by the connector's timeout, attempts and maximum wait per
-retry. In exchange, the values read, the children and the run commit
+retry. The pacer's sleeps before each call also run under that row lock,
+each at most the maximum wait, but the pacer takes its own slot outside the
+transaction (``syncflows.crm.pacing``), so it never waits for another
+record's lock. In exchange, the values read, the children and the run commit
 together, and two changes of one record never read and write concurrently.
 
 Transient failures: a 429 or an outage is first retried inside the read,

@@ -5,6 +5,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from syncflows.crm import pacing
 from syncflows.models import Connector, ConnectorApiAccess, ConnectorHealth, Delivery
 
 # Recent errors shown per connector; the health row keeps more.
@@ -33,6 +34,9 @@ def connector_health(request):
             "is_active",
         )
     }
+    # The shared pacer's blocks include those of reads still running, whose
+    # health rows are written only when their transactions commit.
+    blocks = pacing.blocked_until(list(access))
     now = timezone.now()
     rows = [
         _row(
@@ -41,20 +45,26 @@ def connector_health(request):
             health.get(connector.pk),
             access.get(connector.pk),
             now,
+            blocks.get(connector.pk),
         )
         for connector in connectors
     ]
     return render(
         request,
         "syncflows/connector_health.html",
-        {"nav": "pipeline", "subnav": "health", "rows": rows},
+        {
+            "nav": "pipeline",
+            "subnav": "health",
+            "rows": rows,
+            "pace_shared": pacing.current_store().name != "process",
+        },
     )
 
 
-def _row(connector, last_delivery_at, health, access, now) -> dict:
-    rate_limited = bool(
-        health and health.rate_limited_until and health.rate_limited_until > now
-    )
+def _row(connector, last_delivery_at, health, access, now, blocked_until) -> dict:
+    limits = [blocked_until, health.rate_limited_until if health else None]
+    rate_limited_until = max((moment for moment in limits if moment), default=None)
+    rate_limited = bool(rate_limited_until and rate_limited_until > now)
     token_expired = bool(
         access and access.token_expires_at and access.token_expires_at <= now
     )
@@ -64,6 +74,7 @@ def _row(connector, last_delivery_at, health, access, now) -> dict:
         "health": health,
         "access": access,
         "rate_limited": rate_limited,
+        "rate_limited_until": rate_limited_until,
         "token_expired": token_expired,
         "auth_failed": bool(health and health.auth_failed_at),
         "errors": (health.recent_errors or [])[:ERRORS_SHOWN] if health else [],

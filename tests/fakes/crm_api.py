@@ -3,14 +3,16 @@
 A fake counts every request by a page key (method, path and the paging
 cursor), counts the successful ones apart, injects faults that tests queue
 with ``fail(...)``, and issues OAuth access tokens that ``expire_after(n)``
-invalidates after n more API calls. Amounts are ``Decimal`` in the fake's
-data and are written as JSON numbers, as the CRMs send them.
+invalidates after n more API calls. ``arrivals`` records when each API
+request arrived, on the fake's ``time.monotonic()``. Amounts are ``Decimal``
+in the fake's data and are written as JSON numbers, as the CRMs send them.
 """
 
 import json
 import re
 import secrets
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -77,6 +79,8 @@ class FakeCrmApi:
         self.lock = threading.Lock()
         self.count = Counter()  # every request, by page key
         self.served = Counter()  # successful requests, by page key
+        # (time.monotonic(), method, path) of every API request, in arrival order
+        self.arrivals: list[tuple[float, str, str]] = []
         self.faults: list[Fault] = []
         self.api_token = "fake-private-token-" + secrets.token_hex(4)
         self.client_id = "fake-client-id"
@@ -175,6 +179,7 @@ class FakeCrmApi:
         key = self.page_key(request)
         with self.lock:
             self.count[key] += 1
+            self.arrivals.append((time.monotonic(), request.method, request.path))
         if not self.authorized(request):
             return self.auth_error()
         fault = self._take_fault(request)
