@@ -49,8 +49,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_filters",
     "django_htmx",
-    "django_q",
+    # Before django_q, so that meshline's qcluster command takes the place of
+    # django-q2's (see meshline/shutdown.py).
     "meshline",
+    "django_q",
     "syncflows",
     "exceptions",
     "reporting",
