@@ -229,10 +229,14 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "meshline.logging.JsonFormatter"},
     },
+    # Puts the ids of meshline.logging.log_context() on every record, from
+    # any logger.
+    "filters": {"log_context": {"()": "meshline.logging.LogContextFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "text",
+            "filters": ["log_context"],
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
