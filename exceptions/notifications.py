@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from exceptions.models import Notification
+from meshline.logging import log_context
 from meshline.roles import TRIAGE_LEAD
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ def notify_case(case, event: str) -> list[int]:
     Returns the ids of the stored notifications, or an empty list when
     nothing was stored (no channel configured, or an error that was logged).
     """
+    with case.log_context():
+        return _store_and_queue(case, event)
+
+
+def _store_and_queue(case, event: str) -> list[int]:
     try:
         with transaction.atomic():
             ids = _store(case, event)
@@ -150,6 +156,11 @@ def deliver(notification_id: int) -> str:
             or "missing"
         )
     notification = Notification.objects.get(pk=notification_id)
+    with log_context(case_id=notification.case_id):
+        return _send_claimed(notification)
+
+
+def _send_claimed(notification) -> str:
     try:
         _send(notification)
     except Exception as exc:  # every failure is recorded and retried

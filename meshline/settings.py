@@ -49,8 +49,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_filters",
     "django_htmx",
-    "django_q",
+    # Before django_q, so that meshline's qcluster command takes the place of
+    # django-q2's (see meshline/shutdown.py).
     "meshline",
+    "django_q",
     "syncflows",
     "exceptions",
     "reporting",
@@ -236,10 +238,14 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "meshline.logging.JsonFormatter"},
     },
+    # Puts the ids of meshline.logging.log_context() on every record, from
+    # any logger.
+    "filters": {"log_context": {"()": "meshline.logging.LogContextFilter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "text",
+            "filters": ["log_context"],
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

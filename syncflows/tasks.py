@@ -79,14 +79,13 @@ def schedule_dispatch(delay_seconds: float) -> None:
 
 
 def process_changes_task(change_ids: list[int]) -> int:
-    from syncflows.services.dispatch import dispatch_due
     from syncflows.services.pipeline import process_changes
 
     # Filling the batch with other waiting changes works a backlog off in
     # batches; the tasks of those changes then find nothing left to do.
     command_ids = process_changes(change_ids, fill=True)
     if command_ids:
-        dispatch_due()
+        _dispatch()
     return len(command_ids)
 
 
@@ -105,15 +104,40 @@ def normalise_deliveries_task(delivery_ids: list[int]) -> int:
 
 
 def dispatch_task() -> int:
+    return _dispatch()
+
+
+def _dispatch() -> int:
+    """Run due commands; when the worker is stopping, hand the rest over.
+
+    A stopping worker puts the commands it claimed but did not start back in
+    the outbox. A new dispatch task on the broker lets another cluster, or
+    the next one to start, run them at once instead of at the next sweep.
+    NOTE: the stopping cluster's pusher may take this task before it stops.
+    A worker then runs it at once, claims nothing and queues it again.
+    """
+    from meshline.shutdown import stop_requested
+    from syncflows.models import Command
     from syncflows.services.dispatch import dispatch_due
 
-    return dispatch_due()
+    ran = dispatch_due()
+    if stop_requested() and not settings.MESHLINE_SYNC_PIPELINE:
+        due = Command.objects.filter(
+            state__in=[Command.State.PENDING, Command.State.RETRY_SCHEDULED],
+            next_attempt_at__lte=timezone.now(),
+        )
+        if due.exists():
+            from django_q.tasks import async_task
+
+            async_task("syncflows.tasks.dispatch_task", group="dispatch")
+            logger.info("Worker is stopping; queued a dispatch task for the due commands")
+    return ran
 
 
 def sweep_task() -> dict:
     """Re-queue work that a lost task message or a dead worker left behind."""
     from syncflows.models import RecordChange
-    from syncflows.services.dispatch import dispatch_due, sweep
+    from syncflows.services.dispatch import sweep
 
     requeued = sweep()
     cutoff = timezone.now() - timedelta(seconds=SWEEP_AFTER_SECONDS)
@@ -135,7 +159,7 @@ def sweep_task() -> dict:
     if forgotten:
         logger.warning("Sweep found %s record change(s) never processed; processing them", len(forgotten))
         process_changes_task(forgotten)
-    ran = dispatch_due()
+    ran = _dispatch()
     return {
         "requeued": requeued,
         "deliveries": len(stored),

@@ -170,29 +170,16 @@ def work(args) -> int:
 
 
 def produce(args) -> int:
-    from django.utils import timezone
-    from django.utils.datastructures import CaseInsensitiveMapping
     from django_q.brokers import get_broker
 
-    from syncflows.connectors import DeliveryRequest
     from syncflows.models import Connector
     from syncflows.services.receive import receive
-    from tests.workers import pipedrive_auth_header, pipedrive_won_body, won_deals
+    from tests.workers import pipedrive_request, pipedrive_won_body, won_deals
 
     connector = Connector.objects.get(slug="pipedrive")
-    headers = {
-        "Content-Type": "application/json",
-        "Authorization": pipedrive_auth_header(),
-    }
     statuses: dict[str, int] = {}
     for deal_id, value in won_deals(args.count, args.first_id, args.seed):
-        request = DeliveryRequest(
-            method="POST",
-            url="http://127.0.0.1:8000/api/v1/inbound/pipedrive/",
-            headers=CaseInsensitiveMapping(headers),
-            body=json.dumps(pipedrive_won_body(deal_id, value)).encode(),
-            received_at=timezone.now(),
-        )
+        request = pipedrive_request(pipedrive_won_body(deal_id, value))
         result = receive(connector, request)
         statuses[result.status] = statuses.get(result.status, 0) + 1
     broker = type(get_broker()).__name__

@@ -344,20 +344,35 @@ def test_stop_releases_unstarted_commands(demo, send, monkeypatch):
     assert SandboxOrder.objects.count() == 3
 
 
-def test_sigterm_handler_sets_stop_flag():
+def test_cluster_stop_flag_sets_stop(monkeypatch):
+    monkeypatch.setattr(shutdown, "_cluster_stop", None)
+    with pytest.raises(RuntimeError):
+        shutdown.request_cluster_stop()
+    shutdown.create_cluster_stop_flag()
+    assert not shutdown.stop_requested()
+    shutdown.request_cluster_stop()
+    assert shutdown.stop_requested()
+
+
+def test_worker_logs_and_ignores_sigterm(caplog):
     import os
     import signal
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        shutdown.install_stop_handler()
-        shutdown.mark_busy()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert shutdown.stop_requested()
+        shutdown.worker_started()
+        with caplog.at_level(logging.INFO, logger="meshline.shutdown"):
+            os.kill(os.getpid(), signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        shutdown.mark_idle()
-        shutdown.clear_stop()
+    assert not shutdown.stop_requested()
+    assert "only the qcluster process stops the cluster" in caplog.text
+
+
+def test_qcluster_is_meshline_command():
+    from django.core.management import get_commands
+
+    assert get_commands()["qcluster"] == "meshline"
 
 
 def _pipedrive_deals(count):

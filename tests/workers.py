@@ -221,3 +221,32 @@ def pipedrive_won_body(
 def pipedrive_auth_header() -> str:
     token = f"{PIPEDRIVE_USER}:{PIPEDRIVE_PASSWORD}".encode()
     return "Basic " + base64.b64encode(token).decode()
+
+
+def pipedrive_request(body: dict):
+    """Return a DeliveryRequest of a Pipedrive webhook ``body`` with its basic auth."""
+    from django.utils import timezone
+    from django.utils.datastructures import CaseInsensitiveMapping
+
+    from syncflows.connectors import DeliveryRequest
+
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": pipedrive_auth_header(),
+    }
+    return DeliveryRequest(
+        method="POST",
+        url="http://127.0.0.1:8000/api/v1/inbound/pipedrive/",
+        headers=CaseInsensitiveMapping(headers),
+        body=json.dumps(body).encode(),
+        received_at=timezone.now(),
+    )
+
+
+def process_group_exists(pgid: int) -> bool:
+    """Return whether any process of the process group ``pgid`` is still running."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -2,6 +2,8 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 
+from meshline.logging import log_context
+
 
 class ExceptionCase(models.Model):
     """A failure that needs a person: what failed, who owns it, by when."""
@@ -88,6 +90,12 @@ class ExceptionCase(models.Model):
     @property
     def is_open(self) -> bool:
         return self.state in self.OPEN_STATES
+
+    def log_context(self):
+        """Return a log_context() block that puts this case's ids on log lines."""
+        return log_context(
+            case_id=self.pk, command_id=self.command_id, event_id=self.event_id
+        )
 
 
 class CaseHistory(models.Model):

@@ -1,6 +1,7 @@
 """Actions on an exception case. Each one checks the user's role and the case's
 state, writes the case history and the ledger, and runs in one transaction."""
 
+import functools
 import logging
 
 from django.db import transaction
@@ -27,6 +28,17 @@ __all__ = [
     "resolve_case",
     "retry_case",
 ]
+
+
+def with_case_log_context(action):
+    """Run ``action(case, ...)`` with the case's ids on every log line it writes."""
+
+    @functools.wraps(action)
+    def run(case, *args, **kwargs):
+        with case.log_context():
+            return action(case, *args, **kwargs)
+
+    return run
 
 
 def _locked(case) -> ExceptionCase:
@@ -60,6 +72,7 @@ def _log(case, user, action, previous, note="") -> None:
     logger.info("Case %s %s by user %s", case.pk, action, user.pk)
 
 
+@with_case_log_context
 def acknowledge_case(case, *, acting_user) -> ExceptionCase:
     require(acting_user, "triage_case")
     with transaction.atomic():
@@ -77,6 +90,7 @@ def acknowledge_case(case, *, acting_user) -> ExceptionCase:
     return case
 
 
+@with_case_log_context
 def assign_case(case, *, acting_user, user=None, group=None) -> ExceptionCase:
     """Give the case to one user, or to a group with no single owner."""
     require(acting_user, "triage_case")
@@ -107,6 +121,7 @@ def assign_case(case, *, acting_user, user=None, group=None) -> ExceptionCase:
     return case
 
 
+@with_case_log_context
 def resolve_case(case, *, acting_user, note: str) -> ExceptionCase:
     require(acting_user, "triage_case")
     if not note.strip():
@@ -123,6 +138,7 @@ def resolve_case(case, *, acting_user, note: str) -> ExceptionCase:
     return case
 
 
+@with_case_log_context
 def dismiss_case(case, *, acting_user, reason: str) -> ExceptionCase:
     require(acting_user, "triage_case")
     if not reason.strip():
@@ -139,6 +155,7 @@ def dismiss_case(case, *, acting_user, reason: str) -> ExceptionCase:
     return case
 
 
+@with_case_log_context
 def retry_case(case, *, acting_user, permission: str = "retry_command") -> ExceptionCase:
     """Send the same command again, or run the same brief version again when
     the failure came before a command existed. ``permission`` is the policy
@@ -193,6 +210,7 @@ def retry_case(case, *, acting_user, permission: str = "retry_command") -> Excep
     return case
 
 
+@with_case_log_context
 def replay_case(case, *, acting_user, permission: str = "replay_event") -> ExceptionCase:
     """Run the pipeline again from the record's stored state with the brief's
     current active version."""
@@ -244,6 +262,7 @@ def compensated_command_id(case) -> int | None:
     return existing if isinstance(existing, int) else None
 
 
+@with_case_log_context
 def compensate_case(case, *, acting_user, note: str = "") -> ExceptionCase:
     """Reverse the ERP document behind the case; the case stays open for a replay."""
     require(acting_user, "retry_command")

@@ -8,6 +8,7 @@ from django.utils import timezone
 from exceptions import sla
 from exceptions.models import CaseHistory, ExceptionCase, Lane, OwnershipRule
 from exceptions.notifications import notify_case
+from meshline.logging import log_context
 from meshline.roles import TRIAGE_LEAD
 from syncflows.adapters.base import REASONS
 from syncflows.models import LedgerEntry
@@ -71,9 +72,18 @@ def _fallback_lane(reason_code):
 
 
 def open_case_for_failure(failure):
-    existing = _open_case_of_command(failure)
-    if existing is not None:
-        return existing
+    """Open a case for ``failure``, or update the open case of its command."""
+    with log_context(
+        command_id=getattr(failure.command, "pk", None),
+        event_id=getattr(failure.event, "pk", None),
+    ):
+        existing = _open_case_of_command(failure)
+        if existing is not None:
+            return existing
+        return _open_case(failure)
+
+
+def _open_case(failure):
     keywords = list(failure.brief.keywords) if failure.brief else []
     destination_id = failure.destination.pk if failure.destination else None
     rule = pick_rule(
@@ -114,31 +124,28 @@ def open_case_for_failure(failure):
         due_at=sla.due_at(now, sla_hours, business_hours=lane.business_hours),
     )
     owner = owner_user or owner_group
-    CaseHistory.objects.create(
-        case=case,
-        action="opened",
-        to_state=case.state,
-        note=f"Opened for {failure.reason_code}; owner {owner}"
-        + (f" by rule {rule.pk}." if rule else " because no ownership rule matched."),
-    )
-    ledger.write(
-        LedgerEntry.Step.EXCEPTION,
-        f"Exception case {case.pk} opened ({failure.reason_code}) in lane {lane.slug}, owner {owner}.",
-        ok=False,
-        reason_code=failure.reason_code,
-        record_key=failure.record_key,
-        case_id=case.pk,
-        command=failure.command,
-        run=failure.run,
-    )
-    logger.info(
-        "Case %s opened for %s (%s)",
-        case.pk,
-        failure.record_key,
-        failure.reason_code,
-        extra={"case_id": case.pk, "command_id": getattr(failure.command, "pk", None)},
-    )
-    notify_case(case, "opened")
+    with case.log_context():
+        CaseHistory.objects.create(
+            case=case,
+            action="opened",
+            to_state=case.state,
+            note=f"Opened for {failure.reason_code}; owner {owner}"
+            + (f" by rule {rule.pk}." if rule else " because no ownership rule matched."),
+        )
+        ledger.write(
+            LedgerEntry.Step.EXCEPTION,
+            f"Exception case {case.pk} opened ({failure.reason_code}) in lane {lane.slug}, owner {owner}.",
+            ok=False,
+            reason_code=failure.reason_code,
+            record_key=failure.record_key,
+            case_id=case.pk,
+            command=failure.command,
+            run=failure.run,
+        )
+        logger.info(
+            "Case %s opened for %s (%s)", case.pk, failure.record_key, failure.reason_code
+        )
+        notify_case(case, "opened")
     return case
 
 
@@ -154,6 +161,12 @@ def _open_case_of_command(failure):
     )
     if case is None:
         return None
+    with case.log_context():
+        _record_failed_again(case, failure)
+    return case
+
+
+def _record_failed_again(case, failure) -> None:
     title, fix = REASONS.get(failure.reason_code, (failure.reason_code, ""))
     case.reason_code, case.title, case.suggested_fix = failure.reason_code, title, fix
     case.message, case.detail = failure.message, failure.detail
@@ -175,7 +188,12 @@ def _open_case_of_command(failure):
         case_id=case.pk,
         command=failure.command,
     )
-    return case
+    logger.info(
+        "Case %s updated: command %s failed again (%s)",
+        case.pk,
+        failure.command.pk,
+        failure.reason_code,
+    )
 
 
 def close_obsolete_cases(items) -> None:
@@ -230,6 +248,11 @@ def close_cases_of_commands(commands) -> None:
 
 
 def _auto_resolve(case, note: str) -> None:
+    with case.log_context():
+        _record_auto_resolve(case, note)
+
+
+def _record_auto_resolve(case, note: str) -> None:
     previous = case.state
     case.state = ExceptionCase.State.RESOLVED
     case.closed_at = timezone.now()
@@ -248,6 +271,4 @@ def _auto_resolve(case, note: str) -> None:
         record_key=case.record_key,
         case_id=case.pk,
     )
-    logger.info(
-        "Case %s resolved automatically: %s", case.pk, note, extra={"case_id": case.pk}
-    )
+    logger.info("Case %s resolved automatically: %s", case.pk, note)

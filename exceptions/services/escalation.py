@@ -79,7 +79,8 @@ def escalate(case_id: int, level: int, now) -> bool:
         case = ExceptionCase.objects.select_related(
             "lane", "owner_user", "owner_group"
         ).get(pk=case_id)
-        STEPS[level](case, now)
+        with case.log_context():
+            STEPS[level](case, now)
     return True
 
 

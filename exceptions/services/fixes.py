@@ -13,7 +13,12 @@ import logging
 from django.db import transaction
 
 from exceptions.models import CaseHistory, ExceptionCase
-from exceptions.services.actions import ActionRefused, replay_case, retry_case
+from exceptions.services.actions import (
+    ActionRefused,
+    replay_case,
+    retry_case,
+    with_case_log_context,
+)
 from meshline.roles import require
 from syncflows.models import (
     Destination,
@@ -158,6 +163,7 @@ def _retry_after_fix(case, user) -> ExceptionCase:
     return retry_case(case, acting_user=user, permission="fix_case")
 
 
+@with_case_log_context
 def add_lookup_row_and_retry(
     case, *, acting_user, key: str, value: str
 ) -> ExceptionCase:
@@ -186,6 +192,7 @@ def add_lookup_row_and_retry(
     return _retry_after_fix(case, acting_user)
 
 
+@with_case_log_context
 def add_customer_and_retry(
     case, *, acting_user, name: str = "", link_to=None
 ) -> ExceptionCase:

@@ -30,7 +30,8 @@ def run_action(request, case, perform, done: str):
     try:
         perform(case)
     except actions.ActionRefused as refusal:
-        logger.info("Action on case %s rejected: %s", case.pk, refusal.message)
+        with case.log_context():
+            logger.info("Action on case %s rejected: %s", case.pk, refusal.message)
         messages.error(request, refusal.message)
     else:
         messages.success(request, done)

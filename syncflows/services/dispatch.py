@@ -22,6 +22,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from meshline.fields import reveal
+from meshline.logging import log_context
 from meshline.shutdown import stop_requested
 from syncflows.adapters import AdapterError, CommandData, get_adapter
 from syncflows.models import BriefVersion, Command, Destination, LedgerEntry
@@ -176,6 +177,11 @@ def _adapter_or_failure(command, worker: str):
 
 def run_command(command_id: int, worker: str) -> str:
     """Run one claimed command to its next state; return that state."""
+    with log_context(command_id=command_id):
+        return _run_command(command_id, worker)
+
+
+def _run_command(command_id: int, worker: str) -> str:
     command = Command.objects.select_related("destination", "brief_version__brief", "record").get(
         pk=command_id
     )
@@ -219,7 +225,8 @@ def run_batch(command_ids, worker: str, pool=None) -> int:
     by_destination: dict = {}
     for command in commands:
         if command.pk in verdicts:
-            _hold(command, worker, *verdicts[command.pk])
+            with log_context(command_id=command.pk):
+                _hold(command, worker, *verdicts[command.pk])
         else:
             by_destination.setdefault(command.destination_id, []).append(command)
     single = []
@@ -250,10 +257,11 @@ def _run_adapter_batch(adapter, commands, worker: str) -> None:
     succeeded = []
     for command, outcome in zip(commands, outcomes):
         if isinstance(outcome, Exception):
-            try:
-                _fail_with(adapter, command, worker, outcome)
-            except Exception:
-                logger.exception("Command %s crashed the worker loop", command.pk)
+            with log_context(command_id=command.pk):
+                try:
+                    _fail_with(adapter, command, worker, outcome)
+                except Exception:
+                    logger.exception("Command %s crashed the worker loop", command.pk)
         else:
             succeeded.append((command, outcome))
     if succeeded:
@@ -281,11 +289,12 @@ def _run_loaded_unless_stopping(command, worker: str) -> None:
     if stop_requested():
         release_claim(command.pk, worker)
         return
-    try:
-        _run_loaded(command, worker)
-    except Exception:
-        # The claim stays; the sweep re-queues the command later.
-        logger.exception("Command %s crashed the worker loop", command.pk)
+    with log_context(command_id=command.pk):
+        try:
+            _run_loaded(command, worker)
+        except Exception:
+            # The claim stays; the sweep re-queues the command later.
+            logger.exception("Command %s crashed the worker loop", command.pk)
 
 
 def _run_loaded_in_thread(command, worker: str) -> None:
@@ -459,7 +468,7 @@ def release_held(command_ids, *, acting_user) -> int:
     now = timezone.now()
     released = 0
     for command in Command.objects.filter(pk__in=list(command_ids), state=Command.State.HELD).select_related("record"):
-        with transaction.atomic():
+        with log_context(command_id=command.pk), transaction.atomic():
             if Command.objects.filter(pk=command.pk, state=Command.State.HELD).update(
                 state=Command.State.PENDING, next_attempt_at=now, claimed_by="", updated_at=now
             ):
@@ -628,7 +637,12 @@ def release_claim(command_id: int, worker: str) -> bool:
         pk=command_id, state=Command.State.SENT, claimed_by=worker
     ).update(state=Command.State.PENDING, claimed_by="", claimed_at=None, updated_at=now)
     if released:
-        logger.info("Command %s released by %s, which is stopping", command_id, worker)
+        logger.info(
+            "Command %s released by %s, which is stopping",
+            command_id,
+            worker,
+            extra={"command_id": command_id},
+        )
     return bool(released)
 
 
@@ -641,7 +655,7 @@ def sweep(now=None) -> int:
     )
     requeued = 0
     for command in stuck:
-        with transaction.atomic():
+        with log_context(command_id=command.pk), transaction.atomic():
             updated = Command.objects.filter(
                 pk=command.pk, state=Command.State.SENT, claimed_at=command.claimed_at
             ).update(state=Command.State.PENDING, claimed_by="", next_attempt_at=now, updated_at=now)

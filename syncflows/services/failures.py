@@ -8,6 +8,8 @@ the case and the failure commit together.
 import logging
 from dataclasses import dataclass, field
 
+from meshline.logging import log_context
+
 logger = logging.getLogger(__name__)
 
 _handlers = []
@@ -34,6 +36,14 @@ def register_failure_handler(handler) -> None:
 
 def report_failure(failure: Failure):
     """Call every handler; return the first non-None result (the case)."""
+    with log_context(
+        command_id=getattr(failure.command, "pk", None),
+        event_id=getattr(failure.event, "pk", None),
+    ):
+        return _call_failure_handlers(failure)
+
+
+def _call_failure_handlers(failure: Failure):
     result = None
     for handler in _handlers:
         outcome = handler(failure)
@@ -83,7 +93,11 @@ def report_success(command) -> None:
 
 def report_successes(commands) -> None:
     for handler in _success_handlers:
-        handler(commands)
+        if len(commands) == 1:
+            with log_context(command_id=commands[0].pk):
+                handler(commands)
+        else:
+            handler(commands)
 
 
 _dispatch_guards = []

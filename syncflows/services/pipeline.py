@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from meshline import money
+from meshline.logging import log_context
 from meshline.expressions import Evaluator, ExpressionError, LookupMissing, to_cel_value
 from syncflows.adapters.base import REASONS
 from syncflows.models import Command, InboundEvent, LedgerEntry, RecordChange, SourceRecord, SyncRun
@@ -125,7 +126,8 @@ def _process_batch(changes, config) -> list[int]:
         if not record.parent_id:
             batch.begin_change(change)
             try:
-                _match_and_run(change, record, config, batch)
+                with log_context(event_id=change.event_id, delivery_id=change.event.delivery_id):
+                    _match_and_run(change, record, config, batch)
             except Exception:
                 # NeedsOwnTransaction, or an error that processing the change
                 # on its own reports below.
@@ -158,8 +160,14 @@ def _live_commands(records) -> dict:
 
 def process_change(change_id: int, config) -> list[int]:
     """Process one change with its own writes, for what a batch cannot plan."""
+    change = RecordChange.objects.select_related("event").get(pk=change_id)
+    with log_context(event_id=change.event_id, delivery_id=change.event.delivery_id):
+        return _process_one(change, config)
+
+
+def _process_one(change, config) -> list[int]:
+    change_id = change.pk
     with transaction.atomic():
-        change = RecordChange.objects.select_related("event").get(pk=change_id)
         record = SourceRecord.objects.select_for_update(of=("self",)).select_related("connector").get(
             pk=change.record_id
         )
@@ -559,6 +567,11 @@ def rerun(run_id: int, *, use_active_version: bool = False):
     config = load_config()
     with transaction.atomic():
         run = SyncRun.objects.select_related("brief_version__brief", "change").get(pk=run_id)
+        return _rerun(run, config, use_active_version)
+
+
+def _rerun(run, config, use_active_version: bool):
+    with log_context(event_id=run.change.event_id):
         record = SourceRecord.objects.select_for_update(of=("self",)).select_related("connector").get(
             pk=run.record_id
         )

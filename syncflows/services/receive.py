@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from meshline.logging import log_context
 from meshline.models import UsedSignature
 from syncflows.connectors import DeliveryRejected, DeliveryRequest, ParseError, get_kind
 from syncflows.models import Delivery, InboundEvent, RecordChange
@@ -173,7 +174,7 @@ def normalise_delivery(delivery_id: int) -> ReceiveResult | None:
     same events, matched to the stored ones by position."""
     for attempt in range(3):
         try:
-            with transaction.atomic():
+            with log_context(delivery_id=delivery_id), transaction.atomic():
                 return _normalise_stored(delivery_id)
         except (IntegrityError, OperationalError) as exc:
             if attempt == 2 or not _is_retryable(exc):
@@ -425,6 +426,11 @@ def replay_delivery(delivery, *, acting_user) -> ReceiveResult:
     from meshline.roles import require
 
     require(acting_user, "replay_event")
+    with log_context(delivery_id=delivery.pk):
+        return _replay(delivery, acting_user)
+
+
+def _replay(delivery, acting_user) -> ReceiveResult:
     if delivery.status not in (Delivery.Status.REJECTED, Delivery.Status.QUARANTINED):
         raise ActionRefused(
             f"Delivery {delivery.pk} is {delivery.get_status_display().lower()}; only "

@@ -21,9 +21,10 @@ header with a bearer token or the basic credentials):
 
 Switches for tests: ``fail_next`` (respond to N requests with a status, 503
 by default), ``rate_limit_next`` (429 with Retry-After), ``delay_next``
-(process the request, then wait before responding), ``drop_next`` (process
-the request, then close the connection without a response), ``expire_tokens``
-and the per-path request counter ``count``.
+(process the request, then wait before responding) and ``drop_next`` (process
+the request, then close the connection without a response). ``hold_next``
+processes the request, then waits for the test to release the response.
+``expire_tokens`` and the per-path request counter ``count`` complete them.
 
 Usage::
 
@@ -56,7 +57,7 @@ ORDER_FIELDS = frozenset(
     {"crm_reference", "customer", "currency", "close_date", "lines", "total"}
 )
 LINE_FIELDS = frozenset({"sku", "quantity", "unit_price", "line_total"})
-OPTIONAL_LINE_FIELDS = frozenset({"discount_percent"})
+OPTIONAL_LINE_FIELDS = frozenset({"discount_percent", "description"})
 CUSTOMER_FIELDS = frozenset({"reference", "name"})
 DECIMAL_PATTERN = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -74,16 +75,22 @@ class Reply:
 
 @dataclass
 class Fault:
-    kind: str  # "status" before processing, "delay" or "drop" after it
+    kind: str  # "status" before processing, "delay", "hold" or "drop" after it
     remaining: int
     path: str | None = None
     status: int = 503
     headers: dict = field(default_factory=dict)
     seconds: float = 0.0
     body: dict | None = None
+    release: threading.Event = field(default_factory=threading.Event)
+    method: str | None = None
 
-    def matches(self, path: str) -> bool:
-        return self.remaining > 0 and self.path in (None, path)
+    def matches(self, path: str, method: str) -> bool:
+        return (
+            self.remaining > 0
+            and self.path in (None, path)
+            and self.method in (None, method)
+        )
 
 
 class FakeErp:
@@ -171,6 +178,13 @@ class FakeErp:
         """Process the next N requests, then wait ``seconds`` before responding."""
         self._add_fault(Fault("delay", n, path, seconds=seconds))
 
+    def hold_next(self, n=1, *, path=None, method=None) -> threading.Event:
+        """Process the next N requests, then respond only once the returned
+        event is set (or the server stops)."""
+        fault = Fault("hold", n, path, method=method)
+        self._add_fault(fault)
+        return fault.release
+
     def drop_next(self, n=1, *, path=None) -> None:
         """Process the next N requests, then close the connection without a response."""
         self._add_fault(Fault("drop", n, path))
@@ -242,10 +256,10 @@ class FakeErp:
         with self._lock:
             self._faults.append(fault)
 
-    def _take_fault(self, kinds: tuple, path: str) -> Fault | None:
+    def _take_fault(self, kinds: tuple, path: str, method: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.kind in kinds and fault.matches(path):
+                if fault.kind in kinds and fault.matches(path, method):
                     fault.remaining -= 1
                     return fault
         return None
@@ -254,7 +268,7 @@ class FakeErp:
         url = urlsplit(target)
         with self._lock:
             self.requests[(method, url.path)] += 1
-        fault = self._take_fault(("status",), url.path)
+        fault = self._take_fault(("status",), url.path, method)
         if fault is not None:
             body = fault.body or {
                 "error": "injected",
@@ -265,7 +279,7 @@ class FakeErp:
             reply = self._route(
                 method, url.path, parse_qs(url.query), headers, raw_body
             )
-        return reply, self._take_fault(("delay", "drop"), url.path)
+        return reply, self._take_fault(("delay", "hold", "drop"), url.path, method)
 
     def _route(self, method, path, query, headers, raw_body) -> Reply:
         if path == "/oauth/token":
@@ -447,6 +461,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if after is not None and after.kind == "delay":
             fake._stopping.wait(after.seconds)
+        if after is not None and after.kind == "hold":
+            while not (after.release.wait(0.05) or fake._stopping.is_set()):
+                pass
         try:
             self._write(reply)
         except (BrokenPipeError, ConnectionResetError):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('syncflows', '0006_merge_crm_and_briefs'),
+        ('syncflows', '0007_crm_pace'),
     ]
 
     operations = [
