@@ -41,19 +41,24 @@ class Sent:
 def set_aside_unprocessed() -> int:
     """Keep earlier benchmarks' unprocessed work away from this cluster.
 
-    The ingest benchmark leaves its changes queued and unprocessed. Without
-    this, the cluster would run their tasks and the minute sweep would
-    process them during the measurement. So the broker's queue is purged
-    and the changes are marked failed, in the benchmark database only.
+    The ingest benchmark leaves its deliveries stored and queued, not yet
+    normalised. Without this, the cluster would run their tasks and the
+    minute sweep would normalise them during the measurement. So the
+    broker's queue is purged, the deliveries are marked quarantined and
+    their changes failed, in the benchmark database only.
     """
     from django_q.brokers import get_broker
 
-    from syncflows.models import RecordChange
+    from syncflows.models import Delivery, RecordChange
 
     get_broker().purge_queue()
-    return RecordChange.objects.filter(status=RecordChange.Status.APPLIED).update(
+    deliveries = Delivery.objects.filter(status=Delivery.Status.RECEIVED).update(
+        status=Delivery.Status.QUARANTINED, error="Set aside by the latency benchmark."
+    )
+    changes = RecordChange.objects.filter(status=RecordChange.Status.APPLIED).update(
         status=RecordChange.Status.FAILED
     )
+    return deliveries + changes
 
 
 def send_steady(url, bodies, first_id, rate, threads, headers) -> list[Sent]:

@@ -1,5 +1,7 @@
 from django.db import models
 
+from meshline.fields import BulkJSONField
+
 
 class SyncRun(models.Model):
     """One brief applied to one record change: transform, validate, route."""
@@ -24,10 +26,10 @@ class SyncRun(models.Model):
         "syncflows.TriggerVersion", null=True, on_delete=models.PROTECT, related_name="runs"
     )
     state = models.CharField(max_length=16, choices=State.choices)
-    payload = models.JSONField(null=True, blank=True, help_text="The mapped command.")
+    payload = BulkJSONField(null=True, blank=True, help_text="The mapped command.")
     reason_code = models.CharField(max_length=32, blank=True)
     error = models.TextField(blank=True)
-    error_detail = models.JSONField(default=dict, blank=True)
+    error_detail = BulkJSONField(default=dict, blank=True)
     command = models.ForeignKey(
         "syncflows.Command", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
     )
@@ -72,7 +74,7 @@ class Command(models.Model):
         "syncflows.Destination", on_delete=models.PROTECT, related_name="commands"
     )
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.LIVE)
-    payload = models.JSONField()
+    payload = BulkJSONField()
     payload_hash = models.CharField(max_length=64)
     # Commands with the same ordering key run one at a time, oldest first.
     ordering_key = models.CharField(max_length=300, db_index=True)
@@ -83,7 +85,7 @@ class Command(models.Model):
     claimed_by = models.CharField(max_length=100, blank=True)
     reason_code = models.CharField(max_length=32, blank=True)
     last_error = models.TextField(blank=True)
-    result = models.JSONField(null=True, blank=True)
+    result = BulkJSONField(null=True, blank=True)
     erp_reference = models.CharField(max_length=200, blank=True, db_index=True)
     erp_document_number = models.CharField(max_length=200, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from meshline.fields import BulkJSONField
+
 
 class LedgerEntry(models.Model):
     """One step of one CRM change on its way to the ERP. Append-only."""
@@ -54,8 +56,8 @@ class LedgerEntry(models.Model):
     case_id = models.PositiveBigIntegerField(null=True, blank=True, db_index=True)
     reason_code = models.CharField(max_length=32, blank=True)
     message = models.TextField()
-    payload_before = models.JSONField(null=True, blank=True)
-    payload_after = models.JSONField(null=True, blank=True)
+    payload_before = BulkJSONField(null=True, blank=True)
+    payload_after = BulkJSONField(null=True, blank=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )

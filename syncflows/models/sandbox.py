@@ -6,6 +6,8 @@ behave like an ERP that rejects unknown products, customers and currencies.
 
 from django.db import models
 
+from meshline.fields import BulkJSONField
+
 
 class SandboxProduct(models.Model):
     destination = models.ForeignKey(
@@ -74,7 +76,7 @@ class SandboxOrder(models.Model):
     customer = models.ForeignKey(SandboxCustomer, on_delete=models.PROTECT)
     currency = models.CharField(max_length=3)
     total = models.DecimalField(max_digits=18, decimal_places=3)
-    lines = models.JSONField()
+    lines = BulkJSONField()
     close_date = models.DateField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.CONFIRMED)
     invoice_number = models.CharField(max_length=32, blank=True)
