@@ -25,7 +25,7 @@ class Delivery(models.Model):
     received_at = models.DateTimeField(db_index=True)
     source = models.CharField(max_length=16, choices=Source.choices)
     status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
-    content_hash = models.CharField(max_length=64, db_index=True)
+    content_hash = models.CharField(max_length=64)
     body = models.BinaryField()
     size = models.PositiveIntegerField()
     content_type = models.CharField(max_length=200, blank=True)
@@ -65,8 +65,10 @@ class InboundEvent(models.Model):
         FAILED = "failed", "Failed"
 
     delivery = models.ForeignKey(Delivery, on_delete=models.PROTECT, related_name="events")
+    # The dedupe constraint's index starts with the connector, so the key
+    # needs no index of its own.
     connector = models.ForeignKey(
-        "syncflows.Connector", on_delete=models.PROTECT, related_name="events"
+        "syncflows.Connector", on_delete=models.PROTECT, related_name="events", db_index=False
     )
     position = models.PositiveIntegerField(help_text="Index of the event in its delivery.")
     crm_event_id = models.CharField(max_length=200, blank=True, db_index=True)
