@@ -203,7 +203,10 @@ def _normalise_stored(delivery_id: int) -> ReceiveResult | None:
         parsed = get_kind(connector.kind).parse(connector, request)
     except ParseError as exc:
         # The endpoint parsed this body before storing it, so only a changed
-        # parser gets here; the delivery waits in quarantine for a replay.
+        # parser or connector setting gets here. The delivery waits in
+        # quarantine for a replay, and its events, never applied, are removed
+        # so that the replay does not take them for duplicates.
+        delivery.events.filter(change__isnull=True).delete()
         Delivery.objects.filter(pk=delivery.pk).update(
             status=Delivery.Status.QUARANTINED, error=exc.message, error_code=exc.code
         )

@@ -12,7 +12,7 @@ the case model is looked up through the app registry instead of imported.
 from django.apps import apps
 from django.db.models import Q, QuerySet
 
-from syncflows.models import Command, LedgerEntry, RecordAlias, SourceRecord
+from syncflows.models import Command, InboundEvent, LedgerEntry, RecordAlias, SourceRecord
 
 MAX_RECORD_KEYS = 50
 
@@ -61,7 +61,14 @@ def build_trace(record_key: str) -> dict:
         .filter(record_key=record_key)
         .first()
     )
-    entries = LedgerEntry.objects.filter(record_key=record_key).order_by("id")
+    # The receipt of a delivery names no record, since a batch may hold
+    # several; it joins the trace of each record whose events it brought.
+    deliveries = InboundEvent.objects.filter(change__record__record_key=record_key).values(
+        "delivery_id"
+    )
+    entries = LedgerEntry.objects.filter(
+        Q(record_key=record_key) | Q(step=LedgerEntry.Step.RECEIVE, delivery_id__in=deliveries)
+    ).order_by("id")
     commands = (
         Command.objects.filter(record__record_key=record_key)
         .select_related("destination")
