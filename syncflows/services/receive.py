@@ -361,18 +361,21 @@ def _store_events(connector, request, content_hash, parsed, replay_of, defer: bo
         )
     )
     rows, fresh = [], []
+    # Repeats of an event stored from this same batch: their message names
+    # the stored event, whose id exists only after the insert below.
+    repeats = []
     for position, event in enumerate(parsed):
         if event.dedupe_key in seen:
             result.duplicates += 1
-            rows.append(
-                ledger.build(
-                    Step.DUPLICATE,
-                    f"Duplicate of inbound event {seen[event.dedupe_key]} "
-                    f"(CRM event {event.crm_event_id or event.dedupe_key}); nothing new written.",
-                    record_key=record_key(connector, event.object_type, event.record_id),
-                    connector=connector,
-                )
+            row = ledger.build(
+                Step.DUPLICATE,
+                _duplicate_message(seen[event.dedupe_key], event),
+                record_key=record_key(connector, event.object_type, event.record_id),
+                connector=connector,
             )
+            rows.append(row)
+            if seen[event.dedupe_key] is None:
+                repeats.append((row, event))
             continue
         seen[event.dedupe_key] = None  # a repeat inside the same batch
         fresh.append((position, event))
@@ -415,9 +418,19 @@ def _store_events(connector, request, content_hash, parsed, replay_of, defer: bo
         for position, parsed_event in fresh
     ]
     InboundEvent.objects.bulk_create(events)
+    stored_ids = {event.dedupe_key: event.pk for event in events}
+    for row, event in repeats:
+        row.message = _duplicate_message(stored_ids[event.dedupe_key[:200]], event)
     ledger.LedgerEntry.objects.bulk_create(rows)
     result.accepted = len(fresh)
     return result, [(event, parsed_event) for event, (_position, parsed_event) in zip(events, fresh)]
+
+
+def _duplicate_message(stored_id, event) -> str:
+    return (
+        f"Duplicate of inbound event {stored_id} "
+        f"(CRM event {event.crm_event_id or event.dedupe_key}); nothing new written."
+    )
 
 
 def replay_delivery(delivery, *, acting_user) -> ReceiveResult:
