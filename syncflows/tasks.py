@@ -89,12 +89,26 @@ def process_changes_task(change_ids: list[int]) -> int:
     return len(command_ids)
 
 
+# Stored deliveries that one task normalises at most, its own included.
+NORMALISE_BATCH = 50
+
+
 def normalise_deliveries_task(delivery_ids: list[int]) -> int:
-    """Apply the events of stored deliveries, then process their changes."""
+    """Apply the events of stored deliveries, then process their changes.
+
+    The task also takes other deliveries still waiting, so that under a
+    backlog their changes are processed and sent in one batch, and the tasks
+    that come later find their delivery done."""
+    from syncflows.models import Delivery
     from syncflows.services.receive import normalise_delivery
 
+    ids = list(delivery_ids)
+    room = NORMALISE_BATCH - len(ids)
+    if room > 0:
+        waiting = Delivery.objects.filter(status=Delivery.Status.RECEIVED).exclude(pk__in=ids)
+        ids += list(waiting.order_by("received_at").values_list("id", flat=True)[:room])
     change_ids = []
-    for delivery_id in delivery_ids:
+    for delivery_id in ids:
         result = normalise_delivery(delivery_id)
         if result is not None:
             change_ids.extend(result.change_ids)

@@ -83,6 +83,8 @@ def claim(limit: int, worker: str) -> list[int]:
         .filter(~Exists(older_open))
         .order_by("next_attempt_at", "id")
     )
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return _claim_returning(due, limit, worker, now)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             return _claim_returning(due, limit, worker, now)
@@ -105,7 +107,10 @@ def _claim_returning(due, limit: int, worker: str, now) -> list[int]:
     """Claim with one statement on PostgreSQL: an UPDATE of the rows that a
     locking subquery picks, skipping rows that another worker holds."""
     picked = due.select_for_update(skip_locked=True, of=("self",)).values("id")[:limit]
-    sql, params = picked.query.sql_with_params()
+    # Django compiles FOR UPDATE only inside a transaction. The UPDATE below
+    # is one statement, so it needs none of its own: the block sends nothing.
+    with transaction.atomic():
+        sql, params = picked.query.sql_with_params()
     table = connection.ops.quote_name(Command._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(

@@ -225,6 +225,8 @@ def _normalise_stored(delivery_id: int) -> ReceiveResult | None:
         )
         return None
     events = list(delivery.events.filter(change__isnull=True).order_by("id"))
+    for event in events:
+        event.connector = connector
     result = ReceiveResult("accepted", delivery=delivery, accepted=len(events))
     # The caller processes the changes itself, so they are not queued.
     pairs = [(event, parsed[event.position]) for event in events]

@@ -1,4 +1,4 @@
-"""Failures found by driving the deferred receive path and the batch pipeline."""
+"""The deferred receive path: replays, duplicates inside a batch, and the trace."""
 
 import json
 
