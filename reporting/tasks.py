@@ -51,3 +51,10 @@ def nightly_drift() -> dict:
     from reporting.services.drift import run_nightly
 
     return run_nightly()
+
+
+def fold_kpi_summary() -> dict:
+    """Fold the ledger rows written since the last fold into the KPI summary."""
+    from reporting.services.summary import fold
+
+    return {"facts": fold()}

@@ -43,13 +43,20 @@ from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from exceptions.models import ExceptionCase
-from reporting.models import ErpInvoiceSnapshot
+from reporting.models import (
+    CashSummary,
+    ErpInvoiceSnapshot,
+    InvoiceSummary,
+    RevenueSummary,
+    SyncSummary,
+)
 from syncflows.models import Command, LedgerEntry, SyncRun
 
 if TYPE_CHECKING:
     from reporting.services.kpis import Filters
 
 NONE_LABEL = "(none)"
+SECONDS_PER_DAY = 86400
 AMOUNT = DecimalField(max_digits=20, decimal_places=3)
 
 
@@ -95,7 +102,8 @@ def _with_unit_and_destination(queryset, filters: Filters, destination_path: str
     return queryset
 
 
-def sync_source(filters: Filters, brief_ids) -> Source:
+def counted_runs():
+    """Return the sync runs that count as syncs, with the flags of each."""
     has_case = Exists(ExceptionCase.objects.filter(run=OuterRef("pk"))) | Exists(
         ExceptionCase.objects.filter(command=OuterRef("command_id"))
     )
@@ -106,16 +114,23 @@ def sync_source(filters: Filters, brief_ids) -> Source:
             actor__isnull=False,
         )
     )
-    runs = SyncRun.objects.filter(
-        state__in=[SyncRun.State.QUEUED, SyncRun.State.FAILED],
-        created_at__gte=filters.start_at(),
-        created_at__lt=filters.end_at(),
+    return SyncRun.objects.filter(
+        state__in=[SyncRun.State.QUEUED, SyncRun.State.FAILED]
     ).annotate(kpi_has_case=has_case, kpi_human=human_action)
+
+
+# A clean sync: succeeded without human intervention. Needs counted_runs().
+CLEAN_RUN = Q(state=SyncRun.State.QUEUED, command__state=Command.State.SUCCEEDED) & Q(
+    kpi_has_case=False, kpi_human=False
+)
+
+
+def sync_source(filters: Filters, brief_ids) -> Source:
+    runs = counted_runs().filter(
+        created_at__gte=filters.start_at(), created_at__lt=filters.end_at()
+    )
     runs = _with_unit_and_destination(runs, filters, "command__destination__slug")
     runs = _filter_common(runs, filters, brief_ids, "brief_version__brief_id")
-    clean = Q(state=SyncRun.State.QUEUED, command__state=Command.State.SUCCEEDED) & Q(
-        kpi_has_case=False, kpi_human=False
-    )
     return Source(
         runs,
         "created_at",
@@ -127,7 +142,7 @@ def sync_source(filters: Filters, brief_ids) -> Source:
         },
         {
             "syncs": Count("id"),
-            "clean": Count("id", filter=clean),
+            "clean": Count("id", filter=CLEAN_RUN),
             "excepted": Count("id", filter=Q(kpi_has_case=True)),
         },
     )
@@ -235,13 +250,10 @@ def _filter_common(
     return queryset
 
 
-def expected_source(filters, brief_ids) -> Source:
-    commands = (
-        Command.objects.filter(
-            mode=Command.Mode.LIVE,
-            created_at__gte=filters.start_at(),
-            created_at__lt=filters.end_at(),
-        )
+def counted_commands():
+    """Return the commands that count as expected revenue, with their amount."""
+    return (
+        Command.objects.filter(mode=Command.Mode.LIVE)
         .exclude(state__in=[Command.State.SUPERSEDED, Command.State.COMPENSATED])
         .annotate(
             kpi_currency=KT("payload__currency"),
@@ -250,6 +262,12 @@ def expected_source(filters, brief_ids) -> Source:
                 output_field=AMOUNT,
             ),
         )
+    )
+
+
+def expected_source(filters, brief_ids) -> Source:
+    commands = counted_commands().filter(
+        created_at__gte=filters.start_at(), created_at__lt=filters.end_at()
     )
     commands = _with_unit_and_destination(commands, filters, "destination__slug")
     commands = _filter_common(commands, filters, brief_ids, "brief_version__brief_id")
@@ -281,4 +299,94 @@ def invoiced_source(filters, brief_ids) -> Source:
         "synced_at",
         _snapshot_segments(),
         {"amount": Sum(F("invoice_total") - F("credited_total"), output_field=AMOUNT)},
+    )
+
+
+# The same sources, read from the summary tables that
+# reporting.services.summary keeps.
+
+
+def _with_summary_unit_and_destination(queryset, filters: Filters):
+    if filters.segment == "business_unit" or filters.business_unit:
+        unit = Coalesce(NullIf("business_unit", Value("")), "connector__business_unit")
+        queryset = queryset.annotate(kpi_bu=_text(unit))
+    if filters.segment == "destination" or filters.destination:
+        destination = Coalesce("destination__slug", Value(""))
+        queryset = queryset.annotate(kpi_destination=_text(destination))
+    return queryset
+
+
+def _summary_rows(model, filters: Filters, brief_ids):
+    rows = model.objects.filter(slot__gte=filters.start_at(), slot__lt=filters.end_at())
+    rows = _with_summary_unit_and_destination(rows, filters)
+    return _filter_common(
+        rows, filters, brief_ids, "brief_id", destination="kpi_destination"
+    )
+
+
+def _summary_segments() -> dict:
+    return {
+        "keyword": F("brief_id"),
+        "keyword_by_brief": True,
+        "business_unit": F("kpi_bu"),
+        "destination": F("kpi_destination"),
+    }
+
+
+def sync_summary_source(filters: Filters, brief_ids) -> Source:
+    """The rows of ``sync_source``, summed per slot."""
+    return Source(
+        _summary_rows(SyncSummary, filters, brief_ids),
+        "slot",
+        _summary_segments(),
+        {"syncs": Sum("syncs"), "clean": Sum("clean"), "excepted": Sum("excepted")},
+    )
+
+
+def expected_summary_source(filters: Filters, brief_ids) -> Source:
+    """The rows of ``expected_source``, summed per slot and currency."""
+    rows = _summary_rows(RevenueSummary, filters, brief_ids).annotate(
+        kpi_currency=F("currency")
+    )
+    return Source(rows, "slot", _summary_segments(), {"amount": Sum("amount")})
+
+
+def _invoice_summary_rows(filters: Filters, brief_ids):
+    rows = InvoiceSummary.objects.filter(
+        slot__gte=filters.start_at(), slot__lt=filters.end_at()
+    ).annotate(kpi_bu=_text(F("business_unit")))
+    return _filter_common(rows, filters, brief_ids, "brief_id")
+
+
+def accuracy_summary_source(filters: Filters, brief_ids) -> Source:
+    """The rows of ``accuracy_source``, summed per slot."""
+    return Source(
+        _invoice_summary_rows(filters, brief_ids),
+        "slot",
+        _snapshot_segments(),
+        {"invoices": Sum("invoices"), "accurate": Sum("accurate")},
+    )
+
+
+def invoiced_summary_source(filters: Filters, brief_ids) -> Source:
+    """The rows of ``invoiced_source``, summed per slot and currency."""
+    rows = (
+        _invoice_summary_rows(filters, brief_ids)
+        .filter(billed__gt=0)
+        .annotate(kpi_currency=F("currency"))
+    )
+    return Source(rows, "slot", _snapshot_segments(), {"amount": Sum("billed_amount")})
+
+
+def cash_summary_source(filters: Filters, brief_ids) -> Source:
+    """The rows of ``cash_source``, summed per payment date."""
+    rows = CashSummary.objects.filter(
+        paid_on__gte=filters.start, paid_on__lte=filters.end
+    ).annotate(kpi_bu=_text(F("business_unit")))
+    return Source(
+        _filter_common(rows, filters, brief_ids, "brief_id"),
+        "paid_on",
+        _snapshot_segments(),
+        {"paid": Sum("paid"), "cash_seconds": Sum("cash_days") * SECONDS_PER_DAY},
+        is_date=True,
     )

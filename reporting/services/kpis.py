@@ -6,33 +6,66 @@ segment and pilot period, the sums that the value is made of (a numerator
 and a denominator). Totals and the before/after comparison add those sums
 up instead of averaging averages, and the number of queries does not grow
 with the data: one query per source table. The sources and the definition
-of each KPI are in ``reporting.services.kpi_sources``.
+of each KPI are in ``reporting.services.kpi_sources``. All but the case
+sources read the KPI summary that ``reporting.services.summary`` keeps, which
+sums the same rows per 15-minute slot.
 """
 
 import contextlib
 import datetime
+import logging
 import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, CharField, DateField, DateTimeField, Value, When
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from meshline import money
+from reporting.services import summary
 from reporting.services.kpi_sources import (
     NONE_LABEL,
     Source,
     accuracy_source,
+    accuracy_summary_source,
     case_source,
     cash_source,
+    cash_summary_source,
     expected_source,
+    expected_summary_source,
     invoiced_source,
+    invoiced_summary_source,
     sync_source,
+    sync_summary_source,
 )
 from syncflows.models import Brief
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The query builders of the KPI sums, over the tables or the summary."""
+
+    kpis: tuple  # one per KPI table, in the order of aggregation
+    expected: object
+    invoiced: object
+
+
+LIVE = Sources(
+    (sync_source, case_source, cash_source, accuracy_source),
+    expected_source,
+    invoiced_source,
+)
+# Exception cases are read live: their SLA figures depend on the current time.
+SUMMARY = Sources(
+    (sync_summary_source, case_source, cash_summary_source, accuracy_summary_source),
+    expected_summary_source,
+    invoiced_summary_source,
+)
 
 BUCKETS = ("day", "week", "month")
 SEGMENTS = ("none", "keyword", "business_unit", "destination")
@@ -287,17 +320,41 @@ def _without_jit():
         yield
 
 
-def compute(filters: Filters) -> dict:
-    """Compute every KPI for the filters; return a JSON-ready dict."""
+def compute(filters: Filters, *, live: bool = False) -> dict:
+    """Compute every KPI for the filters; return a JSON-ready dict.
+
+    Every KPI but the case figures comes from the KPI summary, after a
+    fold, unless ``live`` is set or the summary's slots do not fit the
+    buckets. Then they are aggregated from the sync runs, commands and
+    snapshots themselves. Both ways give the same figures.
+    """
+    from_summary = not live and summary.covers(filters) and _fold()
     with _without_jit():
-        return _compute(filters)
+        return _compute(filters, SUMMARY if from_summary else LIVE)
 
 
-def _compute(filters: Filters) -> dict:
+def _fold() -> bool:
+    """Fold the new ledger rows into the summary; return whether that worked.
+
+    It returns False when the fold fails or when another fold holds the
+    summary's lock, as a rebuild does for minutes. Then the KPIs are computed
+    live.
+    """
+    try:
+        return summary.fold(wait=False) is not None
+    except DatabaseError:
+        logger.exception(
+            "Folding the KPI summary failed; the KPIs are computed from the "
+            "sync runs, commands and snapshots instead"
+        )
+        return False
+
+
+def _compute(filters: Filters, sources: Sources) -> dict:
     keywords = _brief_keywords()
     brief_ids = _brief_ids(filters, keywords)
     sums = Sums()
-    for make in (sync_source, case_source, cash_source, accuracy_source):
+    for make in sources.kpis:
         aggregate(make(filters, brief_ids), filters, keywords, sums)
     buckets = bucket_starts(filters)
     segments = sorted(sums.segments) or [NO_SEGMENT]
@@ -306,7 +363,7 @@ def _compute(filters: Filters) -> dict:
         "buckets": [b.isoformat() for b in buckets],
         "segments": segments,
         "kpis": [_kpi_result(kpi, sums, buckets, segments, filters) for kpi in KPIS],
-        "revenue": revenue(filters, brief_ids, keywords, buckets),
+        "revenue": revenue(filters, brief_ids, keywords, buckets, sources),
     }
 
 
@@ -377,10 +434,12 @@ def describe_filters(filters: Filters) -> dict:
 # Revenue, per currency.
 
 
-def revenue(filters: Filters, brief_ids, keywords: dict, buckets) -> dict:
+def revenue(
+    filters: Filters, brief_ids, keywords: dict, buckets, sources: Sources = LIVE
+) -> dict:
     """Sum expected and invoiced revenue per bucket, segment and currency."""
-    expected = _revenue_rows(expected_source(filters, brief_ids), filters, keywords)
-    invoiced = _revenue_rows(invoiced_source(filters, brief_ids), filters, keywords)
+    expected = _revenue_rows(sources.expected(filters, brief_ids), filters, keywords)
+    invoiced = _revenue_rows(sources.invoiced(filters, brief_ids), filters, keywords)
     keys = sorted({(seg, cur) for seg, cur, *_ in expected + invoiced})
     series = []
     for segment, currency in keys:

@@ -21,6 +21,7 @@ from django.utils import timezone
 from meshline import money
 from reporting.models import ErpInvoiceSnapshot, ReconciliationItem, ReconciliationRun
 from reporting.services.erp_documents import list_documents
+from reporting.services.summary import store_snapshots
 from syncflows.adapters import get_adapter
 from syncflows.models import Command
 from syncflows.services.failures import Failure
@@ -194,25 +195,6 @@ def _snapshot(command, invoice) -> ErpInvoiceSnapshot:
     )
 
 
-SNAPSHOT_FIELDS = [
-    "destination",
-    "brief",
-    "business_unit",
-    "synced_at",
-    "crm_close_date",
-    "crm_amount",
-    "crm_currency",
-    "invoice_reference",
-    "invoice_number",
-    "invoice_state",
-    "invoice_currency",
-    "invoice_total",
-    "credited_total",
-    "paid_on",
-    "fetched_at",
-]
-
-
 def _store_batch(run, cursor: int, checked: list[Checked]) -> None:
     counts = {outcome: 0 for outcome in Outcome.values}
     with transaction.atomic():
@@ -221,12 +203,8 @@ def _store_batch(run, cursor: int, checked: list[Checked]) -> None:
             if entry.item.outcome in CASE_REASONS:
                 entry.item.case_id = _open_case(entry.item)
         ReconciliationItem.objects.bulk_create([entry.item for entry in checked])
-        snapshots = [entry.snapshot for entry in checked if entry.snapshot is not None]
-        ErpInvoiceSnapshot.objects.bulk_create(
-            snapshots,
-            update_conflicts=True,
-            unique_fields=["command"],
-            update_fields=SNAPSHOT_FIELDS,
+        store_snapshots(
+            [entry.snapshot for entry in checked if entry.snapshot is not None]
         )
         ReconciliationRun.objects.filter(pk=run.pk).update(
             cursor=cursor,
