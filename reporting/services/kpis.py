@@ -45,6 +45,11 @@ from syncflows.models import Brief
 
 logger = logging.getLogger(__name__)
 
+# Ledger rows that a request folds at most before it reads the summary. With
+# more waiting, it computes the KPIs live and leaves them to the fold that a
+# schedule runs every minute.
+PAGE_FOLD_ROWS = 20_000
+
 
 @dataclass(frozen=True)
 class Sources:
@@ -336,12 +341,13 @@ def compute(filters: Filters, *, live: bool = False) -> dict:
 def _fold() -> bool:
     """Fold the new ledger rows into the summary; return whether that worked.
 
-    It returns False when the fold fails or when another fold holds the
-    summary's lock, as a rebuild does for minutes. Then the KPIs are computed
-    live.
+    It returns False when the fold fails, when another fold holds the
+    summary's lock, when more than PAGE_FOLD_ROWS ledger rows wait for the
+    scheduled fold, and when the summary needs a rebuild. Then the KPIs are
+    computed live.
     """
     try:
-        return summary.fold(wait=False) is not None
+        return summary.fold(wait=False, max_rows=PAGE_FOLD_ROWS) is not None
     except DatabaseError:
         logger.exception(
             "Folding the KPI summary failed; the KPIs are computed from the "

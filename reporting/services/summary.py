@@ -11,10 +11,10 @@ UTC offset is a multiple of 15 minutes. ``covers`` checks that for the
 requested range. Where it fails, the dashboard reads the runs and commands
 directly.
 
-A fold reads the ledger rows written since the watermark, recomputes the
-facts of the runs and commands that those rows name (directly, through an
-exception case, or through the record), and adds the difference between the
-old and the new facts to the sums. The fold relies on every change that a
+A fold reads the ledger rows written since the watermark and recomputes the
+facts of the runs and commands that those rows name, directly, through an
+exception case or through the record. Then it adds the difference between
+the old and the new facts to the sums. The fold relies on every change that a
 KPI sees writing a ledger row in the same transaction: a new run or
 command, a command that succeeds, is superseded or is compensated, a case
 opened, a person's action. The dashboard folds before it reads, and a
@@ -25,13 +25,18 @@ snapshots, which only reconciliation writes. ``store_snapshots`` writes them
 and adds the difference to their sums (``InvoiceSummary``, ``CashSummary``)
 in the same transaction.
 
+After a migration on a database with runs, and when a fold finds sums that
+disagree with the facts, the summary waits for ``manage.py
+rebuild_kpi_summary``, and the dashboard computes the KPIs live until then.
+
 NOTE: a change that writes no ledger row (an edit in the admin or in SQL,
 or the read-back retry that supersedes a failed run when a later run has
-succeeded) shows only after ``manage.py rebuild_kpi_summary``.
+succeeded) shows only after a rebuild.
 """
 
 import datetime
 import logging
+import time
 from collections import defaultdict
 from decimal import Decimal
 
@@ -126,54 +131,65 @@ def covers(filters) -> bool:
     return all(slot_of(moment) == moment for moment in moments)
 
 
-def fold(*, wait: bool = True) -> int | None:
+def fold(*, wait: bool = True, max_rows: int | None = None) -> int | None:
     """Fold the ledger rows written since the last fold into the summary.
 
-    Return the number of runs and commands whose facts were recomputed.
-    Folds run one at a time: each locks the watermark row. With ``wait``
-    false, return None at once when another fold holds the lock, for
-    example a rebuild that takes minutes.
+    Return the number of runs and commands whose facts were recomputed, or
+    None when the summary is not current afterwards. That happens when
+    another fold holds the lock and ``wait`` is false, when more than
+    ``max_rows`` ledger rows are waiting, and when the summary needs a
+    rebuild. Folds run one at a time: each locks the watermark row.
     """
     with transaction.atomic():
         watermark = _locked_watermark(wait=wait)
-        if watermark is None:
+        if watermark is None or watermark.rebuild:
             return None
         xmin, max_id = _snapshot_bounds()
+        waiting = max_id - watermark.ledger_id
+        if max_rows is not None and waiting > max_rows:
+            return None
         ledger_id, pending = _advance(watermark, xmin, max_id)
         count = 0
-        if watermark.rebuild:
-            count = _rebuild()
-        elif max_id > watermark.ledger_id:
+        if waiting > 0:
             try:
                 count = _fold_rows(watermark.ledger_id, max_id)
             except SummaryDrift as exc:
-                logger.warning("KPI summary rebuilt because %s", exc)
-                count = _rebuild()
-        if xmin is not None and max_id > ledger_id:
-            pending = _remember(pending, [max_id, _next_xid()])
-        SummaryWatermark.objects.filter(pk=watermark.pk).update(
-            ledger_id=ledger_id,
-            pending=pending,
-            rebuild=False,
-            folded_at=datetime.datetime.now(datetime.UTC),
-        )
+                _report_drift(exc)
+                return None
+        _save(watermark, ledger_id, pending, xmin, max_id)
     logger.debug("KPI summary folded up to ledger row %s: %s facts", max_id, count)
     return count
 
 
-def request_rebuild() -> None:
-    """Make the next fold rebuild the summary from every run and command.
+def rebuild() -> int:
+    """Recompute every fact and sum from the runs, commands and snapshots.
 
-    On PostgreSQL this also remembers the last ledger id, so that the folds
-    after the rebuild need not read the older ledger rows again.
+    Return the number of runs and commands read. The rebuild holds the
+    summary's lock while it runs, so the dashboard computes the KPIs live
+    meanwhile. It can take minutes, longer than a django-q task may run, so
+    ``manage.py rebuild_kpi_summary`` runs it.
     """
+    _remember_position()
     with transaction.atomic():
         watermark = _locked_watermark()
         xmin, max_id = _snapshot_bounds()
-        pending = watermark.pending
-        if xmin is not None and max_id > watermark.ledger_id:
-            pending = _remember(pending, [max_id, _next_xid()])
-        SummaryWatermark.objects.update(rebuild=True, pending=pending)
+        ledger_id, pending = _advance(watermark, xmin, max_id)
+        count = _rebuild()
+        _save(watermark, ledger_id, pending, xmin, max_id, rebuild=False)
+    return count
+
+
+def needs_rebuild() -> bool:
+    return SummaryWatermark.objects.filter(rebuild=True).exists()
+
+
+def _report_drift(exc: SummaryDrift) -> None:
+    logger.error(
+        "The KPI summary disagrees with its facts (%s). Run manage.py "
+        "rebuild_kpi_summary; until then the dashboard computes the KPIs live.",
+        exc,
+    )
+    SummaryWatermark.objects.update(rebuild=True)
 
 
 def store_snapshots(snapshots: list[ErpInvoiceSnapshot]) -> None:
@@ -199,8 +215,7 @@ def store_snapshots(snapshots: list[ErpInvoiceSnapshot]) -> None:
         try:
             _apply_snapshots(old, new)
         except SummaryDrift as exc:
-            logger.warning("KPI summary marked for a rebuild because %s", exc)
-            SummaryWatermark.objects.update(rebuild=True)
+            _report_drift(exc)
 
 
 # The watermark.
@@ -267,6 +282,41 @@ def _advance(watermark, xmin, max_id) -> tuple[int, list]:
         else:
             pending.append([seen_id, xmax])
     return ledger_id, [pair for pair in pending if pair[0] > ledger_id]
+
+
+def _save(watermark, ledger_id, pending, xmin, max_id, **fields) -> None:
+    if xmin is not None and max_id > ledger_id:
+        pending = _remember(pending, [max_id, _next_xid()])
+    SummaryWatermark.objects.filter(pk=watermark.pk).update(
+        ledger_id=ledger_id,
+        pending=pending,
+        folded_at=datetime.datetime.now(datetime.UTC),
+        **fields,
+    )
+
+
+def _remember_position() -> None:
+    """Remember the last ledger id, then wait up to 5 s until it is confirmed.
+
+    A rebuild reads every run and command, so once the ledger rows up to
+    that id are known to be committed, the folds after it need not read
+    them again.
+    """
+    if connection.vendor != "postgresql":
+        return
+    with transaction.atomic():
+        watermark = _locked_watermark()
+        xmin, max_id = _snapshot_bounds()
+        if max_id <= watermark.ledger_id:
+            return
+        xmax = _next_xid()
+        pending = _remember(watermark.pending, [max_id, xmax])
+        SummaryWatermark.objects.filter(pk=watermark.pk).update(pending=pending)
+    if connection.in_atomic_block:
+        return  # the caller's own open transaction keeps the pair unconfirmed
+    deadline = time.monotonic() + 5
+    while _snapshot_bounds()[0] < xmax and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _remember(pending: list, pair: list) -> list:
