@@ -424,11 +424,12 @@ def test_query_count_is_constant(dataset):
         kpis(segment="keyword")
     assert len(more) == len(few)
     if connection.vendor == "postgresql":
-        # The fold takes 19: a savepoint and its release, the watermark's
-        # insert and lock, the snapshot bounds, and the runs and the commands
-        # that the new ledger rows name. For runs and for commands it reads
+        # The fold takes 22: a savepoint and its release, the watermark's
+        # insert and lock, and the snapshot bounds. Then it reads what the
+        # new ledger rows name, the cases and records they name, and the
+        # runs and commands of all three. For runs and for commands it reads
         # the new and the old facts, inserts the facts, reads the summary
         # rows and inserts them. It ends with the next transaction id and the
         # watermark update. Then come seven aggregate queries, with a
         # savepoint, "SET LOCAL jit" and the release around them (10).
-        assert len(more) == 29
+        assert len(more) == 32
