@@ -334,3 +334,21 @@ def test_fold_waits_for_open_transaction():
     result = from_summary(filters())
     assert totals(result, "success_rate")["denominator"] == "3"
     assert result == compute(filters(), live=True)
+
+
+@pytest.mark.django_db
+def test_scheduled_fold_reports_rebuild_once(dataset, caplog, monkeypatch):
+    from django_q.models import Schedule
+
+    from reporting import tasks
+    from reporting.models import SummaryWatermark
+
+    assert Schedule.objects.get(name="meshline-kpi-summary").minutes == 1
+    assert tasks.fold_kpi_summary()["facts"] == 7
+    monkeypatch.setattr(tasks, "_rebuild_reported", False)
+    SummaryWatermark.objects.update(rebuild=True)
+
+    assert tasks.fold_kpi_summary() == {"facts": None}
+    assert tasks.fold_kpi_summary() == {"facts": None}
+    warnings = [r for r in caplog.records if "needs a rebuild" in r.getMessage()]
+    assert len(warnings) == 1
