@@ -14,11 +14,12 @@ directly.
 A fold reads the ledger rows written since the watermark and recomputes the
 facts of the runs and commands that those rows name, directly, through an
 exception case or through the record. Then it adds the difference between
-the old and the new facts to the sums. The fold relies on every change that a
-KPI sees writing a ledger row in the same transaction: a new run or
-command, a command that succeeds, is superseded or is compensated, a case
-opened, a person's action. The dashboard folds before it reads, and a
-schedule folds every minute, so a page load has little left to do.
+the old and the new facts to the sums. The fold relies on every change that
+a KPI sees writing a ledger row in the same transaction or a later one: a
+new run or command, a command that succeeds, is superseded or is
+compensated, a case opened, a person's action. The dashboard folds before
+it reads, and a schedule folds every minute, so a page load has little left
+to do.
 
 Days to cash, invoice accuracy and revenue invoiced read the invoice
 snapshots, which only reconciliation writes. ``store_snapshots`` writes them
@@ -230,10 +231,10 @@ def store_snapshots(snapshots: list[ErpInvoiceSnapshot]) -> None:
 # that id was inserted by a transaction older than ``xmax``. A transaction
 # gets its id at its first write, and an INSERT takes the row's id from the
 # sequence just before it writes the row, far less than a round trip before
-# ``xmax`` is read. When a later fold finds that no such transaction is still open (the
-# ``xmin`` of its snapshot has reached ``xmax``), all those rows are visible
-# to it, so ``ledger_id`` moves up. Rows that two folds both read are
-# recomputed twice, which changes nothing.
+# ``xmax`` is read. When a later fold finds that no such transaction is still
+# open (the ``xmin`` of its snapshot has reached ``xmax``), all those rows
+# are visible to it, so ``ledger_id`` moves up. Rows that two folds both read
+# are recomputed twice, which changes nothing.
 #
 # NOTE: ``xmin`` covers every database of the PostgreSQL server, so a long
 # write transaction anywhere on it holds ``ledger_id`` back. Each fold then
