@@ -373,7 +373,7 @@ def test_thousands_of_orders_find_planted(
     batches = 3000 // 500 + 1
 
     # The queries grow with the batches and the cases, never with the orders.
-    # Measured: 756 for 7 batches and 52 cases, 13 queries for each case.
+    # Measured: 756 for 7 batches and 52 cases, about a dozen for each case.
     with django_assert_max_num_queries(30 * batches + 15 * planted + 50):
         run = reconcile(since)
 
