@@ -2,8 +2,12 @@
 
 Builds 100,000 syncs (records, events, changes, runs, commands) with ten
 ledger rows each, 10,000 exception cases and 50,000 invoice snapshots on a
-fresh PostgreSQL database, then times the dashboard view in-process (Django's
-test client, so server time only) and counts its queries.
+fresh PostgreSQL database. The cases are bulk-loaded without their ledger
+rows, so the script then rebuilds the KPI summary. It times the dashboard
+view in-process (Django's test client, so server time only) and counts its
+queries. It checks that the summary gives the same figures as the live
+queries and times those. Last, it times one request after 1,000 new syncs,
+which that request folds into the summary.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/meshline_bench_reporting \\
         .venv/bin/python bench/dashboard.py [--syncs 100000]
@@ -226,6 +230,7 @@ def build_cases_and_snapshots(command_ids) -> None:
 
     from exceptions.models import ExceptionCase, Lane
     from reporting.models import ErpInvoiceSnapshot
+    from reporting.services.summary import store_snapshots
     from syncflows.models import Command
 
     group, _ = Group.objects.get_or_create(name="Finance")
@@ -277,34 +282,63 @@ def build_cases_and_snapshots(command_ids) -> None:
             )
             for c in chunk[::2]
         ]
-        ErpInvoiceSnapshot.objects.bulk_create(snapshots)
+        store_snapshots(snapshots)
 
 
-def time_dashboard(repeats: int = 7) -> tuple[list[float], int]:
+URL = (
+    "/reporting/?start=2026-01-01&end=2026-03-31&tz=Europe/Helsinki"
+    "&segment=keyword&pilot=2026-02-15"
+)
+
+
+def dashboard_client():
     from django.contrib.auth.models import User
-    from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
     user, _ = User.objects.get_or_create(
         username="bench-viewer", defaults={"is_superuser": True}
     )
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
-    url = (
-        "/reporting/?start=2026-01-01&end=2026-03-31&tz=Europe/Helsinki"
-        "&segment=keyword&pilot=2026-02-15"
-    )
-    client.get(url)  # warm caches and the connection
+    return client
+
+
+def time_dashboard(client, repeats: int = 7) -> tuple[list[float], int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.get(URL)  # warm caches and the connection
     timings = []
     for _ in range(repeats):
         began = time.perf_counter()
-        response = client.get(url)
+        response = client.get(URL)
         timings.append((time.perf_counter() - began) * 1000)
         assert response.status_code == 200, response.status_code
     with CaptureQueriesContext(connection) as queries:
-        client.get(url)
+        client.get(URL)
     return timings, len(queries)
+
+
+def time_live(repeats: int = 3) -> list[float]:
+    """Time the KPIs computed without the summary; check they are the same."""
+    import zoneinfo
+
+    from reporting.services.kpis import Filters, compute
+
+    filters = Filters(
+        start=datetime.date(2026, 1, 1),
+        end=datetime.date(2026, 3, 31),
+        tz=zoneinfo.ZoneInfo("Europe/Helsinki"),
+        segment="keyword",
+        pilot=datetime.date(2026, 2, 15),
+    )
+    timings = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        live = compute(filters, live=True)
+        timings.append((time.perf_counter() - began) * 1000)
+    assert compute(filters) == live, "the summary and the live queries differ"
+    return timings
 
 
 def main() -> None:
@@ -319,6 +353,7 @@ def main() -> None:
     setup_database()
     from django.db import connection
 
+    from reporting.services import summary
     from syncflows.models import LedgerEntry
 
     began = time.perf_counter()
@@ -330,11 +365,27 @@ def main() -> None:
         f"built {LedgerEntry.objects.count():,} ledger rows "
         f"in {time.perf_counter() - began:.0f} s"
     )
-    timings, queries = time_dashboard()
+    began = time.perf_counter()
+    summary.rebuild()
+    print(f"rebuilt the KPI summary in {time.perf_counter() - began:.0f} s")
+    client = dashboard_client()
+    timings, queries = time_dashboard(client)
     print(
         f"dashboard server time over {len(timings)} requests: "
         f"median {statistics.median(timings):.0f} ms, "
         f"max {max(timings):.0f} ms; {queries} queries per request"
+    )
+    live = time_live()
+    print(
+        f"the same KPIs without the summary over {len(live)} runs: "
+        f"median {statistics.median(live):.0f} ms (same figures)"
+    )
+    build_syncs(1000)
+    began = time.perf_counter()
+    client.get(URL)
+    print(
+        "one request after 1,000 new syncs (10,000 ledger rows), "
+        f"fold included: {(time.perf_counter() - began) * 1000:.0f} ms"
     )
 
 

@@ -3,7 +3,7 @@
 Builds the orders and their succeeded commands on a fresh PostgreSQL
 database (one order in 100 with a changed invoice total), then runs one
 reconciliation in a child process and reports its wall time and peak RSS
-(``ru_maxrss`` of that process, so the set-up does not count).
+(the child's ``VmHWM``, so the set-up does not count).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/meshline_bench_reconcile \\
         .venv/bin/python bench/reconcile.py [--orders 100000]
@@ -32,7 +32,9 @@ os.environ.setdefault(
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshline.settings")
 os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-not-for-production")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
-os.environ.setdefault("DEBUG", "1")
+# Production runs with DEBUG off. With it on, Django also keeps the last
+# 9,000 SQL statements in memory: a peak of 123 MB against 99 MB here.
+os.environ.setdefault("DEBUG", "0")
 # Cases are opened by the exceptions app; the run itself is inline.
 os.environ.setdefault("MESHLINE_SYNC_PIPELINE", "1")
 
@@ -95,13 +97,30 @@ def run_once() -> None:
     run = start_run(START, START + datetime.timedelta(days=DAYS + 1))
     run = execute_run(run.pk)
     seconds = time.perf_counter() - began
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(
         f"reconciled {run.processed:,} orders in {seconds:.1f} s "
         f"({run.matched:,} matched, {run.mismatched:,} mismatched, "
         f"{run.missing:,} missing, "
         f"{run.orphaned:,} ERP only); peak RSS {peak_mb:.0f} MB"
     )
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident set size in MB.
+
+    On Linux, ``ru_maxrss`` keeps the parent's peak across fork and exec, so
+    the child would report the 280 MB that building the orders took. The
+    ``VmHWM`` line of /proc/self/status belongs to the process's own memory.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

@@ -280,3 +280,125 @@ def test_tryton_run_finds_exactly_three(tryton):
     assert mismatch.detail["actual"] == "190.00"
     assert cases().get(reason_code="invoice_missing").command == cancelled
     assert ReconciliationRun.objects.get().items.filter(outcome="orphan").count() == 1
+
+
+# Many orders.
+
+
+def bulk_orders(orders, destination, count):
+    """Create ``count`` succeeded commands and their sandbox orders in bulk."""
+    customer = SandboxCustomer.objects.get(destination=destination)
+    records = SourceRecord.objects.bulk_create(
+        SourceRecord(
+            connector=orders.connector,
+            object_type="deal",
+            record_id=f"bulk-{index}",
+            record_key=f"crm:deal:bulk-{index}",
+        )
+        for index in range(count)
+    )
+    now = timezone.now()
+    amounts = [f"{100 + index % 900}.{index % 100:02d}" for index in range(count)]
+    commands = Command.objects.bulk_create(
+        Command(
+            idempotency_key=f"bulk-{index}",
+            command_type="sales_order.create",
+            brief_version=orders.version,
+            record=record,
+            destination=destination,
+            payload=order_payload(amount),
+            payload_hash="x",
+            ordering_key=record.record_key,
+            state="succeeded",
+            next_attempt_at=now,
+            finished_at=now,
+        )
+        for index, (record, amount) in enumerate(zip(records, amounts, strict=True))
+    )
+    sandbox_orders = SandboxOrder.objects.bulk_create(
+        SandboxOrder(
+            destination=destination,
+            number=f"SO-BULK-{index}",
+            idempotency_key=f"bulk-{index}",
+            customer=customer,
+            currency="EUR",
+            total=Decimal(amount),
+            lines=[],
+            invoice_number=f"INV-BULK-{index}",
+            invoice_total=Decimal(amount),
+        )
+        for index, amount in enumerate(amounts)
+    )
+    for command, order in zip(commands, sandbox_orders, strict=True):
+        command.erp_reference = f"sandbox.order:{order.pk}"
+        command.erp_document_number = order.number
+    Command.objects.bulk_update(commands, ["erp_reference", "erp_document_number"])
+    return commands, sandbox_orders
+
+
+@pytest.mark.django_db
+def test_thousands_of_orders_find_planted(
+    sandbox, settings, django_assert_max_num_queries
+):
+    settings.MESHLINE_RECONCILIATION_BATCH = 500
+    since = timezone.now() - datetime.timedelta(seconds=1)
+    orders = Orders(sandbox)
+    commands, sandbox_orders = bulk_orders(orders, sandbox, 3000)
+    changed = sandbox_orders[7::100]
+    for order in changed:
+        order.invoice_total += Decimal("0.01")
+    SandboxOrder.objects.bulk_update(changed, ["invoice_total"])
+    other_currency = sandbox_orders[23::300]
+    SandboxOrder.objects.filter(pk__in=[o.pk for o in other_currency]).update(
+        currency="USD"
+    )
+    cancelled = sandbox_orders[41::500]
+    SandboxOrder.objects.filter(pk__in=[o.pk for o in cancelled]).update(
+        state="cancelled"
+    )
+    uninvoiced = sandbox_orders[59::750]
+    SandboxOrder.objects.filter(pk__in=[o.pk for o in uninvoiced]).update(
+        invoice_number=""
+    )
+    adapter = get_adapter(sandbox)
+    erp_only = [
+        adapter.execute(
+            CommandData(secrets.token_hex(16), "sales_order.create", order_payload(a))
+        ).reference
+        for a in ("5.00", "6.00")
+    ]
+    mismatched = changed + other_currency
+    missing = cancelled + uninvoiced
+    planted = len(mismatched) + len(missing) + len(erp_only)
+    batches = 3000 // 500 + 1
+
+    # The queries grow with the batches and the cases, never with the orders.
+    # Measured: 756 for 7 batches and 52 cases, about a dozen for each case.
+    with django_assert_max_num_queries(30 * batches + 15 * planted + 50):
+        run = reconcile(since)
+
+    def commands_of(planted):
+        references = {f"sandbox.order:{order.pk}" for order in planted}
+        return {c.pk for c in commands if c.erp_reference in references}
+
+    items = run.items.all()
+    assert run.state == "done"
+    assert (run.total, run.processed) == (3000, 3000)
+    assert (len(mismatched), len(missing)) == (40, 10)
+    assert run.mismatched == 40
+    assert run.missing == 10
+    assert run.matched == 2950
+    assert run.orphaned == 2
+    assert {i.command_id for i in items.filter(outcome="mismatched")} == commands_of(
+        mismatched
+    )
+    assert {i.command_id for i in items.filter(outcome="missing")} == commands_of(
+        missing
+    )
+    assert sorted(
+        items.filter(outcome="orphan").values_list("erp_reference", flat=True)
+    ) == sorted(erp_only)
+    assert cases().count() == 52
+    assert ErpInvoiceSnapshot.objects.count() == 2990
+    usd = items.get(command_id=min(commands_of(other_currency)))
+    assert (usd.crm_currency, usd.erp_currency) == ("EUR", "USD")

@@ -5,67 +5,77 @@ Every KPI is a ratio or an average, so each query returns, per time bucket,
 segment and pilot period, the sums that the value is made of (a numerator
 and a denominator). Totals and the before/after comparison add those sums
 up instead of averaging averages, and the number of queries does not grow
-with the data: one query per source table.
-
-Definitions:
-
-- A sync is a sync run that queued a command or failed before dispatch.
-  It succeeded without human intervention when its command succeeded, no
-  exception case names the run or the command, and no person took an action
-  on the command (a ledger "action" row with an actor).
-- Exception rate: syncs with at least one exception case, over all syncs.
-- Time to triage runs from opening to acknowledgement, and time to resolve
-  from opening to resolution. SLA compliance is the cases closed by their
-  due time, over the cases closed plus the open cases already past due.
-  Cases count in the bucket in which they were opened.
-- Days to cash: CRM close date to ERP payment date, for synced orders paid
-  in the bucket. Invoice accuracy: synced invoices without a credit note,
-  over synced invoices. Both read the snapshots that reconciliation stores.
-- Revenue expected: the CRM amount of every live command (not superseded or
-  compensated) created in the bucket; revenue invoiced: posted or paid
-  invoice totals less credit notes, for orders synced in the bucket. Both
-  are per currency, because amounts in different currencies do not add up.
+with the data: one query per source table. The sources and the definition
+of each KPI are in ``reporting.services.kpi_sources``. All but the case
+sources read the KPI summary that ``reporting.services.summary`` keeps, which
+sums the same rows per 15-minute slot.
 """
 
 import contextlib
 import datetime
+import logging
 import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import connection, transaction
-from django.db.models import (
-    Case,
-    CharField,
-    Count,
-    DateField,
-    DateTimeField,
-    DecimalField,
-    DurationField,
-    Exists,
-    ExpressionWrapper,
-    F,
-    OuterRef,
-    Q,
-    Sum,
-    Value,
-    When,
-)
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, NullIf, Trunc
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Case, CharField, DateField, DateTimeField, Value, When
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
-from exceptions.models import ExceptionCase
 from meshline import money
-from reporting.models import ErpInvoiceSnapshot
-from syncflows.models import Brief, Command, LedgerEntry, SyncRun
+from reporting.services import summary
+from reporting.services.kpi_sources import (
+    NONE_LABEL,
+    Source,
+    accuracy_source,
+    accuracy_summary_source,
+    case_source,
+    cash_source,
+    cash_summary_source,
+    expected_source,
+    expected_summary_source,
+    invoiced_source,
+    invoiced_summary_source,
+    sync_source,
+    sync_summary_source,
+)
+from syncflows.models import Brief
+
+logger = logging.getLogger(__name__)
+
+# Ledger rows that a request folds at most before it reads the summary. With
+# more waiting, it computes the KPIs live and leaves them to the fold that a
+# schedule runs every minute. In bench/dashboard.py, over 1,000,000 ledger
+# rows, folding 10,000 new ones took about as long as computing live.
+PAGE_FOLD_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The query builders of the KPI sums, over the tables or the summary."""
+
+    kpis: tuple  # one per KPI table, in the order of aggregation
+    expected: object
+    invoiced: object
+
+
+LIVE = Sources(
+    (sync_source, case_source, cash_source, accuracy_source),
+    expected_source,
+    invoiced_source,
+)
+# Exception cases are read live: their SLA figures depend on the current time.
+SUMMARY = Sources(
+    (sync_summary_source, case_source, cash_summary_source, accuracy_summary_source),
+    expected_summary_source,
+    invoiced_summary_source,
+)
 
 BUCKETS = ("day", "week", "month")
 SEGMENTS = ("none", "keyword", "business_unit", "destination")
 NO_SEGMENT = "all"
-NONE_LABEL = "(none)"
-AMOUNT = DecimalField(max_digits=20, decimal_places=3)
 
 
 @dataclass
@@ -224,23 +234,6 @@ def _bucket_date(value, filters: Filters) -> datetime.date:
     return value
 
 
-def _text(expression):
-    return Coalesce(
-        NullIf(expression, Value("")), Value(NONE_LABEL), output_field=CharField()
-    )
-
-
-@dataclass
-class Source:
-    """One table to aggregate: its time field and how it is segmented."""
-
-    queryset: object
-    time_field: str
-    segments: dict  # segment name -> expression; "keyword" may be "brief"
-    sums: dict
-    is_date: bool = False
-
-
 @dataclass
 class Sums:
     """Summed parts per (bucket, segment), per segment and per pilot period."""
@@ -300,171 +293,6 @@ def _number(value) -> Decimal:
     return Decimal(value)
 
 
-def _seconds_between(later: str, earlier: str):
-    return ExpressionWrapper(F(later) - F(earlier), output_field=DurationField())
-
-
-# The sources.
-
-
-def _with_unit_and_destination(queryset, filters: Filters, destination_path: str):
-    """Annotate the business unit and destination only when a query needs them.
-
-    Each costs joins on every row, and an annotation is computed whether or
-    not the grouping uses it.
-    """
-    if filters.segment == "business_unit" or filters.business_unit:
-        unit = Coalesce(
-            NullIf("record__business_unit", Value("")),
-            "record__connector__business_unit",
-        )
-        queryset = queryset.annotate(kpi_bu=_text(unit))
-    if filters.segment == "destination" or filters.destination:
-        destination = Coalesce(destination_path, Value(""))
-        queryset = queryset.annotate(kpi_destination=_text(destination))
-    return queryset
-
-
-def sync_source(filters: Filters, brief_ids) -> Source:
-    has_case = Exists(ExceptionCase.objects.filter(run=OuterRef("pk"))) | Exists(
-        ExceptionCase.objects.filter(command=OuterRef("command_id"))
-    )
-    human_action = Exists(
-        LedgerEntry.objects.filter(
-            command=OuterRef("command_id"),
-            step=LedgerEntry.Step.ACTION,
-            actor__isnull=False,
-        )
-    )
-    runs = SyncRun.objects.filter(
-        state__in=[SyncRun.State.QUEUED, SyncRun.State.FAILED],
-        created_at__gte=filters.start_at(),
-        created_at__lt=filters.end_at(),
-    ).annotate(kpi_has_case=has_case, kpi_human=human_action)
-    runs = _with_unit_and_destination(runs, filters, "command__destination__slug")
-    runs = _filter_common(runs, filters, brief_ids, "brief_version__brief_id")
-    clean = Q(state=SyncRun.State.QUEUED, command__state=Command.State.SUCCEEDED) & Q(
-        kpi_has_case=False, kpi_human=False
-    )
-    return Source(
-        runs,
-        "created_at",
-        {
-            "keyword": F("brief_version__brief_id"),
-            "keyword_by_brief": True,
-            "business_unit": F("kpi_bu"),
-            "destination": F("kpi_destination"),
-        },
-        {
-            "syncs": Count("id"),
-            "clean": Count("id", filter=clean),
-            "excepted": Count("id", filter=Q(kpi_has_case=True)),
-        },
-    )
-
-
-def case_source(filters: Filters, brief_ids) -> Source:
-    now = timezone.now()
-    cases = ExceptionCase.objects.filter(
-        opened_at__gte=filters.start_at(), opened_at__lt=filters.end_at()
-    ).annotate(
-        kpi_bu=_text(F("business_unit")),
-        kpi_destination=_text(Coalesce("destination__slug", Value(""))),
-        kpi_keyword=_text(F("keyword")),
-    )
-    if filters.keyword:
-        cases = cases.filter(keyword=filters.keyword)
-    if filters.business_unit:
-        cases = cases.filter(kpi_bu=filters.business_unit)
-    if filters.destination:
-        cases = cases.filter(kpi_destination=filters.destination)
-    closed = Q(state__in=[ExceptionCase.State.RESOLVED, ExceptionCase.State.DISMISSED])
-    met = closed & Q(closed_at__lte=F("due_at"))
-    late = (closed & Q(closed_at__gt=F("due_at"))) | (~closed & Q(due_at__lt=now))
-    resolved = Q(state=ExceptionCase.State.RESOLVED, closed_at__isnull=False)
-    return Source(
-        cases,
-        "opened_at",
-        {
-            "keyword": F("kpi_keyword"),
-            "business_unit": F("kpi_bu"),
-            "destination": F("kpi_destination"),
-        },
-        {
-            "triaged": Count("id", filter=Q(acknowledged_at__isnull=False)),
-            "triage_seconds": Sum(
-                _seconds_between("acknowledged_at", "opened_at"),
-                filter=Q(acknowledged_at__isnull=False),
-            ),
-            "resolved": Count("id", filter=resolved),
-            "resolve_seconds": Sum(
-                _seconds_between("closed_at", "opened_at"), filter=resolved
-            ),
-            "sla_met": Count("id", filter=met),
-            "sla_due": Count("id", filter=met | late),
-        },
-    )
-
-
-def _snapshot_segments():
-    return {
-        "keyword": F("brief_id"),
-        "keyword_by_brief": True,
-        "business_unit": F("kpi_bu"),
-        "destination": F("destination__slug"),
-    }
-
-
-def _snapshots(filters: Filters, brief_ids):
-    snapshots = ErpInvoiceSnapshot.objects.annotate(kpi_bu=_text(F("business_unit")))
-    return _filter_common(snapshots, filters, brief_ids, "brief_id", bu="kpi_bu")
-
-
-def cash_source(filters: Filters, brief_ids) -> Source:
-    snapshots = _snapshots(filters, brief_ids).filter(
-        paid_on__gte=filters.start,
-        paid_on__lte=filters.end,
-        crm_close_date__isnull=False,
-    )
-    return Source(
-        snapshots,
-        "paid_on",
-        _snapshot_segments(),
-        {
-            "paid": Count("id"),
-            "cash_seconds": Sum(_seconds_between("paid_on", "crm_close_date")),
-        },
-        is_date=True,
-    )
-
-
-def accuracy_source(filters: Filters, brief_ids) -> Source:
-    snapshots = _snapshots(filters, brief_ids).filter(
-        synced_at__gte=filters.start_at(), synced_at__lt=filters.end_at()
-    )
-    return Source(
-        snapshots,
-        "synced_at",
-        _snapshot_segments(),
-        {"invoices": Count("id"), "accurate": Count("id", filter=Q(credited_total=0))},
-    )
-
-
-def _filter_common(
-    queryset, filters, brief_ids, brief_field, bu="kpi_bu", destination=None
-):
-    if brief_ids is not None:
-        queryset = queryset.filter(**{f"{brief_field}__in": brief_ids})
-    if filters.business_unit:
-        queryset = queryset.filter(**{bu: filters.business_unit})
-    if filters.destination:
-        field_name = destination or (
-            "destination__slug" if brief_field == "brief_id" else "kpi_destination"
-        )
-        queryset = queryset.filter(**{field_name: filters.destination})
-    return queryset
-
-
 # Putting it together.
 
 
@@ -498,17 +326,42 @@ def _without_jit():
         yield
 
 
-def compute(filters: Filters) -> dict:
-    """Compute every KPI for the filters; return a JSON-ready dict."""
+def compute(filters: Filters, *, live: bool = False) -> dict:
+    """Compute every KPI for the filters; return a JSON-ready dict.
+
+    Every KPI but the case figures comes from the KPI summary, after a
+    fold, unless ``live`` is set or the summary's slots do not fit the
+    buckets. Then they are aggregated from the sync runs, commands and
+    snapshots themselves. Both ways give the same figures.
+    """
+    from_summary = not live and summary.covers(filters) and _fold()
     with _without_jit():
-        return _compute(filters)
+        return _compute(filters, SUMMARY if from_summary else LIVE)
 
 
-def _compute(filters: Filters) -> dict:
+def _fold() -> bool:
+    """Fold the new ledger rows into the summary; return whether that worked.
+
+    It returns False when the fold fails, when another fold holds the
+    summary's lock, when more than PAGE_FOLD_ROWS ledger rows wait for the
+    scheduled fold, and when the summary needs a rebuild. Then the KPIs are
+    computed live.
+    """
+    try:
+        return summary.fold(wait=False, max_rows=PAGE_FOLD_ROWS) is not None
+    except DatabaseError:
+        logger.exception(
+            "Folding the KPI summary failed; the KPIs are computed from the "
+            "sync runs, commands and snapshots instead"
+        )
+        return False
+
+
+def _compute(filters: Filters, sources: Sources) -> dict:
     keywords = _brief_keywords()
     brief_ids = _brief_ids(filters, keywords)
     sums = Sums()
-    for make in (sync_source, case_source, cash_source, accuracy_source):
+    for make in sources.kpis:
         aggregate(make(filters, brief_ids), filters, keywords, sums)
     buckets = bucket_starts(filters)
     segments = sorted(sums.segments) or [NO_SEGMENT]
@@ -517,7 +370,7 @@ def _compute(filters: Filters) -> dict:
         "buckets": [b.isoformat() for b in buckets],
         "segments": segments,
         "kpis": [_kpi_result(kpi, sums, buckets, segments, filters) for kpi in KPIS],
-        "revenue": revenue(filters, brief_ids, keywords, buckets),
+        "revenue": revenue(filters, brief_ids, keywords, buckets, sources),
     }
 
 
@@ -588,10 +441,12 @@ def describe_filters(filters: Filters) -> dict:
 # Revenue, per currency.
 
 
-def revenue(filters: Filters, brief_ids, keywords: dict, buckets) -> dict:
+def revenue(
+    filters: Filters, brief_ids, keywords: dict, buckets, sources: Sources = LIVE
+) -> dict:
     """Sum expected and invoiced revenue per bucket, segment and currency."""
-    expected = _revenue_rows(_expected_source(filters, brief_ids), filters, keywords)
-    invoiced = _revenue_rows(_invoiced_source(filters, brief_ids), filters, keywords)
+    expected = _revenue_rows(sources.expected(filters, brief_ids), filters, keywords)
+    invoiced = _revenue_rows(sources.invoiced(filters, brief_ids), filters, keywords)
     keys = sorted({(seg, cur) for seg, cur, *_ in expected + invoiced})
     series = []
     for segment, currency in keys:
@@ -626,55 +481,6 @@ def revenue(filters: Filters, brief_ids, keywords: dict, buckets) -> dict:
         "label": "Revenue expected and invoiced",
         "series": series,
     }
-
-
-def _expected_source(filters, brief_ids) -> Source:
-    commands = (
-        Command.objects.filter(
-            mode=Command.Mode.LIVE,
-            created_at__gte=filters.start_at(),
-            created_at__lt=filters.end_at(),
-        )
-        .exclude(state__in=[Command.State.SUPERSEDED, Command.State.COMPENSATED])
-        .annotate(
-            kpi_currency=KT("payload__currency"),
-            kpi_amount=Cast(
-                Coalesce(KT("payload__crm_amount"), KT("payload__total")),
-                output_field=AMOUNT,
-            ),
-        )
-    )
-    commands = _with_unit_and_destination(commands, filters, "destination__slug")
-    commands = _filter_common(commands, filters, brief_ids, "brief_version__brief_id")
-    return Source(
-        commands,
-        "created_at",
-        {
-            "keyword": F("brief_version__brief_id"),
-            "keyword_by_brief": True,
-            "business_unit": F("kpi_bu"),
-            "destination": F("kpi_destination"),
-        },
-        {"amount": Sum("kpi_amount")},
-    )
-
-
-def _invoiced_source(filters, brief_ids) -> Source:
-    snapshots = (
-        _snapshots(filters, brief_ids)
-        .filter(
-            synced_at__gte=filters.start_at(),
-            synced_at__lt=filters.end_at(),
-            invoice_state__in=["posted", "paid"],
-        )
-        .annotate(kpi_currency=F("invoice_currency"))
-    )
-    return Source(
-        snapshots,
-        "synced_at",
-        _snapshot_segments(),
-        {"amount": Sum(F("invoice_total") - F("credited_total"), output_field=AMOUNT)},
-    )
 
 
 def _revenue_rows(source: Source, filters, keywords) -> list[tuple]:

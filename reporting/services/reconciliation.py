@@ -1,28 +1,33 @@
 """Reconciliation: every synced order of a window against its ERP invoice.
 
-A run reads succeeded live commands in id order, in batches. Each batch
-fetches the invoices through the destination's adapter, then stores the
-items, the invoice snapshots, the exception cases and the new cursor in one
-transaction. A run that crashed therefore resumes after its last committed
+A run reads the succeeded live commands of the window in id order, in
+batches, as plain values rather than model rows. Each batch fetches the
+invoices of all its orders with one ``fetch_invoices`` call per destination,
+compares each order with its invoice, and stores the items, the invoice
+snapshots, the exception cases and the new cursor in one transaction. So
+memory stays flat, and a run that crashed resumes after its last committed
 batch. After the orders, the run lists the ERP's documents of the window
 and opens a case for each one that no command created.
 """
 
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import CharField, F, TextField, Value
+from django.db.models.fields.json import KT
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
 from meshline import money
 from reporting.models import ErpInvoiceSnapshot, ReconciliationItem, ReconciliationRun
 from reporting.services.erp_documents import list_documents
+from reporting.services.summary import store_snapshots
 from syncflows.adapters import get_adapter
-from syncflows.models import Command
+from syncflows.models import Command, Destination
 from syncflows.services.failures import Failure
 
 logger = logging.getLogger(__name__)
@@ -32,6 +37,24 @@ CASE_REASONS = {
     Outcome.MISSING: "invoice_missing",
     Outcome.ORPHAN: "orphan_document",
 }
+
+
+@dataclass
+class Order:
+    """A synced order as reconciliation reads it: the command's values only."""
+
+    pk: int
+    destination_id: int
+    brief_id: int
+    record_key: str
+    business_unit: str  # the record's, else its connector's
+    currency: str
+    amount: str | None  # the payload's crm_amount, else its total
+    close_date: str | None
+    erp_reference: str
+    document_number: str
+    finished_at: datetime
+    destination: Destination | None = None
 
 
 @dataclass
@@ -109,80 +132,123 @@ def execute_run(run_id: int) -> ReconciliationRun:
     return run
 
 
-def _adapter(adapters, destination):
-    if destination.pk not in adapters:
-        adapters[destination.pk] = get_adapter(destination)
-    return adapters[destination.pk]
+def _adapter(adapters, destination_id: int):
+    """Return the adapter of a destination, created once per run."""
+    if destination_id not in adapters:
+        destination = Destination.objects.get(pk=destination_id)
+        adapters[destination_id] = get_adapter(destination)
+    return adapters[destination_id]
 
 
 def _next_batch(run, adapters) -> bool:
-    batch = list(
-        orders_in_window(run)
-        .filter(pk__gt=run.cursor)
-        .select_related("destination", "brief_version", "record__connector")
-        .defer("result")
-        .order_by("pk")[: settings.MESHLINE_RECONCILIATION_BATCH]
-    )
-    if not batch:
+    orders = _orders(run, settings.MESHLINE_RECONCILIATION_BATCH)
+    if not orders:
         return False
+    invoices = {}
+    for destination_id in sorted({order.destination_id for order in orders}):
+        adapter = _adapter(adapters, destination_id)
+        group = [o for o in orders if o.destination_id == destination_id]
+        for order in group:
+            order.destination = adapter.destination
+        references = [order.erp_reference for order in group]
+        invoices[destination_id] = adapter.fetch_invoices(references)
     checked = [
-        _check_order(run, command, _adapter(adapters, command.destination))
-        for command in batch
+        _check_order(run, order, invoices[order.destination_id][order.erp_reference])
+        for order in orders
     ]
-    _store_batch(run, batch[-1].pk, checked)
+    _store_batch(run, orders[-1].pk, checked)
     return True
 
 
-def _check_order(run, command, adapter) -> Checked:
-    payload = command.payload
-    currency = payload.get("currency", "")
-    expected = money.to_decimal(payload.get("crm_amount") or payload.get("total"))
+def _orders(run, limit: int) -> list[Order]:
+    """Return the next orders after the run's cursor, in id order."""
+    unit = Coalesce(
+        NullIf("record__business_unit", Value("")),
+        "record__connector__business_unit",
+        output_field=CharField(),
+    )
+    rows = (
+        orders_in_window(run)
+        .filter(pk__gt=run.cursor)
+        .order_by("pk")
+        .annotate(
+            order_unit=unit,
+            order_currency=KT("payload__currency"),
+            order_amount=Coalesce(
+                NullIf(KT("payload__crm_amount"), Value("")),
+                KT("payload__total"),
+                output_field=TextField(),
+            ),
+            order_close_date=KT("payload__close_date"),
+        )
+        .values_list(
+            "pk",
+            "destination_id",
+            "brief_version__brief_id",
+            "record__record_key",
+            "order_unit",
+            "order_currency",
+            "order_amount",
+            "order_close_date",
+            "erp_reference",
+            "erp_document_number",
+            "finished_at",
+        )[:limit]
+    )
+    orders = []
+    for row in rows:
+        order = Order(*row)
+        order.business_unit = order.business_unit or ""
+        order.currency = order.currency or ""
+        orders.append(order)
+    return orders
+
+
+def _check_order(run, order: Order, invoice) -> Checked:
+    expected = money.to_decimal(order.amount)
     item = ReconciliationItem(
         run=run,
-        command=command,
-        destination=command.destination,
-        record_key=command.record.record_key,
+        command_id=order.pk,
+        destination=order.destination,
+        record_key=order.record_key,
         crm_amount=expected,
-        crm_currency=currency,
-        erp_reference=command.erp_reference,
-        document_number=command.erp_document_number,
+        crm_currency=order.currency,
+        erp_reference=order.erp_reference,
+        document_number=order.document_number,
     )
-    invoice = adapter.fetch_invoice(command.erp_reference)
     if invoice is None or invoice.state == "cancelled":
         item.outcome = Outcome.MISSING
         item.message = (
-            f"{command.destination.name} has no valid invoice for "
-            f"{command.erp_document_number or command.erp_reference}"
+            f"{order.destination.name} has no valid invoice for "
+            f"{order.document_number or order.erp_reference}"
             + (f" (invoice {invoice.number} is cancelled)." if invoice else ".")
         )
         return Checked(item, None)
     item.erp_amount = Decimal(invoice.total)
     item.erp_currency = invoice.currency
     item.invoice_number = invoice.number
-    if invoice.currency != currency or item.erp_amount != expected:
+    if invoice.currency != order.currency or item.erp_amount != expected:
         item.outcome = Outcome.MISMATCHED
         item.message = (
-            f"The CRM deal is {expected} {currency}, but invoice {invoice.number} "
-            f"is {invoice.total} {invoice.currency}."
+            f"The CRM deal is {expected} {order.currency}, but invoice "
+            f"{invoice.number} is {invoice.total} {invoice.currency}."
         )
     else:
         item.outcome = Outcome.MATCHED
-    return Checked(item, _snapshot(command, invoice))
+    return Checked(item, _snapshot(order, expected, invoice))
 
 
-def _snapshot(command, invoice) -> ErpInvoiceSnapshot:
-    payload = command.payload
-    close_date = payload.get("close_date")
+def _snapshot(order: Order, expected: Decimal, invoice) -> ErpInvoiceSnapshot:
+    close_date = order.close_date
     return ErpInvoiceSnapshot(
-        command=command,
-        destination_id=command.destination_id,
-        brief_id=command.brief_version.brief_id,
-        business_unit=command.record.business_unit
-        or command.record.connector.business_unit,
-        synced_at=command.finished_at,
+        command_id=order.pk,
+        destination_id=order.destination_id,
+        brief_id=order.brief_id,
+        business_unit=order.business_unit,
+        synced_at=order.finished_at,
         crm_close_date=date.fromisoformat(close_date[:10]) if close_date else None,
-        crm_amount=money.to_decimal(payload.get("crm_amount") or payload.get("total")),
-        crm_currency=payload.get("currency", ""),
+        crm_amount=expected,
+        crm_currency=order.currency,
         invoice_reference=invoice.reference,
         invoice_number=invoice.number,
         invoice_state=invoice.state,
@@ -194,39 +260,15 @@ def _snapshot(command, invoice) -> ErpInvoiceSnapshot:
     )
 
 
-SNAPSHOT_FIELDS = [
-    "destination",
-    "brief",
-    "business_unit",
-    "synced_at",
-    "crm_close_date",
-    "crm_amount",
-    "crm_currency",
-    "invoice_reference",
-    "invoice_number",
-    "invoice_state",
-    "invoice_currency",
-    "invoice_total",
-    "credited_total",
-    "paid_on",
-    "fetched_at",
-]
-
-
 def _store_batch(run, cursor: int, checked: list[Checked]) -> None:
     counts = {outcome: 0 for outcome in Outcome.values}
+    for entry in checked:
+        counts[entry.item.outcome] += 1
     with transaction.atomic():
-        for entry in checked:
-            counts[entry.item.outcome] += 1
-            if entry.item.outcome in CASE_REASONS:
-                entry.item.case_id = _open_case(entry.item)
+        _open_cases([e.item for e in checked if e.item.outcome in CASE_REASONS])
         ReconciliationItem.objects.bulk_create([entry.item for entry in checked])
-        snapshots = [entry.snapshot for entry in checked if entry.snapshot is not None]
-        ErpInvoiceSnapshot.objects.bulk_create(
-            snapshots,
-            update_conflicts=True,
-            unique_fields=["command"],
-            update_fields=SNAPSHOT_FIELDS,
+        store_snapshots(
+            [entry.snapshot for entry in checked if entry.snapshot is not None]
         )
         ReconciliationRun.objects.filter(pk=run.pk).update(
             cursor=cursor,
@@ -239,36 +281,46 @@ def _store_batch(run, cursor: int, checked: list[Checked]) -> None:
     run.cursor = cursor
 
 
-def _open_case(item) -> int | None:
-    """Open a case for an item, unless an open case already covers it."""
+def _open_cases(items) -> None:
+    """Set ``case_id`` of each item to an open case that covers it, or a new one."""
     from exceptions.models import ExceptionCase
     from exceptions.services.cases import open_case_for_failure
 
-    reason = CASE_REASONS[item.outcome]
+    if not items:
+        return
+    commands = Command.objects.select_related(
+        "brief_version__brief", "record", "destination"
+    ).in_bulk([item.command_id for item in items if item.command_id])
     existing = ExceptionCase.objects.filter(
-        reason_code=reason,
-        record_key=item.record_key,
+        reason_code__in={CASE_REASONS[item.outcome] for item in items},
+        record_key__in={item.record_key for item in items},
         state__in=ExceptionCase.OPEN_STATES,
-    ).values_list("pk", flat=True)
-    if item.command_id:
-        existing = existing.filter(command_id=item.command_id)
-    found = existing.first()
-    if found is not None:
-        return found
+    ).values_list("pk", "reason_code", "record_key", "command_id")
+    # The cases come in the model's order, so the first one of a key wins.
+    found = {}
+    for pk, reason, record_key, command_id in existing:
+        found.setdefault((reason, record_key, command_id), pk)
+        found.setdefault((reason, record_key, None), pk)
+    for item in items:
+        key = (CASE_REASONS[item.outcome], item.record_key, item.command_id)
+        if key not in found:
+            item.command = commands.get(item.command_id)
+            found[key] = open_case_for_failure(_failure(item)).pk
+        item.case_id = found[key]
+
+
+def _failure(item) -> Failure:
     command = item.command
-    case = open_case_for_failure(
-        Failure(
-            reason_code=reason,
-            message=item.message,
-            record_key=item.record_key,
-            detail=_case_detail(item),
-            command=command,
-            brief=command.brief_version.brief if command else None,
-            destination=item.destination,
-            business_unit=(command.record.business_unit if command else ""),
-        )
+    return Failure(
+        reason_code=CASE_REASONS[item.outcome],
+        message=item.message,
+        record_key=item.record_key,
+        detail=_case_detail(item),
+        command=command,
+        brief=command.brief_version.brief if command else None,
+        destination=item.destination,
+        business_unit=(command.record.business_unit if command else ""),
     )
-    return case.pk
 
 
 def _case_detail(item) -> dict:
@@ -300,7 +352,7 @@ def _destinations(run):
 
 def _check_orphans(run, adapters) -> None:
     for destination in _destinations(run):
-        adapter = _adapter(adapters, destination)
+        adapter = _adapter(adapters, destination.pk)
         for page in list_documents(adapter, run.window_start, run.window_end):
             _store_orphans(run, destination, page)
     ReconciliationRun.objects.filter(pk=run.pk).update(orphans_checked=True)
@@ -341,8 +393,7 @@ def _store_orphans(run, destination, page) -> None:
     if not items:
         return
     with transaction.atomic():
-        for item in items:
-            item.case_id = _open_case(item)
+        _open_cases(items)
         ReconciliationItem.objects.bulk_create(items)
         ReconciliationRun.objects.filter(pk=run.pk).update(
             orphaned=F("orphaned") + len(items)

@@ -188,11 +188,20 @@ class Adapter:
     def fetch_invoice(self, reference: str) -> InvoiceInfo | None:
         raise NotImplementedError
 
+    def fetch_invoices(self, references: list[str]) -> dict[str, InvoiceInfo | None]:
+        """Return ``fetch_invoice`` of each reference, keyed by reference.
+
+        Adapters that can read many invoices in one request override this.
+        """
+        return {reference: self.fetch_invoice(reference) for reference in references}
+
     def classify(self, exc: Exception) -> AdapterError:
         """Map any error raised while talking to the ERP to an AdapterError."""
         if isinstance(exc, AdapterError):
             return exc
-        return AdapterError("erp_unavailable", f"Unexpected error: {exc}", transient=True)
+        return AdapterError(
+            "erp_unavailable", f"Unexpected error: {exc}", transient=True
+        )
 
     def close(self) -> None:
         """Release connections; called when a worker stops."""

@@ -262,9 +262,8 @@ class SandboxAdapter(Adapter):
         )
 
     def _order(self, reference):
-        try:
-            pk = int(str(reference).rsplit(":", 1)[-1])
-        except ValueError:
+        pk = _order_pk(reference)
+        if pk is None:
             return None
         return SandboxOrder.objects.filter(destination=self.destination, pk=pk).first()
 
@@ -285,22 +284,47 @@ class SandboxAdapter(Adapter):
         return {"action": "cancelled", "message": f"{order.number} cancelled."}
 
     def fetch_invoice(self, reference):
-        order = self._order(reference)
-        if order is None or not order.invoice_number:
-            return None
-        state = (
-            "cancelled"
-            if order.state == SandboxOrder.State.CANCELLED
-            else ("paid" if order.paid_on else "posted")
+        return self.fetch_invoices([reference])[reference]
+
+    def fetch_invoices(self, references):
+        """Return the invoice of each order reference, read in one query."""
+        pks = {reference: _order_pk(reference) for reference in references}
+        rows = SandboxOrder.objects.filter(
+            destination=self.destination,
+            pk__in=[pk for pk in pks.values() if pk is not None],
+        ).values_list(
+            "pk", "invoice_number", "state", "currency", "invoice_total", "paid_on"
         )
-        return InvoiceInfo(
-            reference=f"sandbox.invoice:{order.pk}",
-            number=order.invoice_number,
-            state=state,
-            currency=order.currency,
-            total=str(order.invoice_total),
-            paid_on=order.paid_on.isoformat() if order.paid_on else None,
-        )
+        orders = {row[0]: row for row in rows}
+        return {
+            reference: _invoice(*orders[pk]) if pk in orders else None
+            for reference, pk in pks.items()
+        }
+
+
+def _order_pk(reference) -> int | None:
+    try:
+        return int(str(reference).rsplit(":", 1)[-1])
+    except ValueError:
+        return None
+
+
+def _invoice(pk, number, state, currency, total, paid_on) -> InvoiceInfo | None:
+    if not number:
+        return None
+    if state == SandboxOrder.State.CANCELLED:
+        invoice_state = "cancelled"
+    else:
+        invoice_state = "paid" if paid_on else "posted"
+    return InvoiceInfo(
+        reference=f"sandbox.invoice:{pk}",
+        number=number,
+        state=invoice_state,
+        currency=currency,
+        total=str(total),
+        paid_on=paid_on.isoformat() if paid_on else None,
+    )
+
 
 
 def _set_numbers(order) -> None:

@@ -23,6 +23,7 @@ How a ``sales_order.create`` command maps onto Tryton:
 import json
 import logging
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -251,15 +252,35 @@ class TrytonAdapter(Adapter):
         ``total`` and ``credited_total`` are untaxed amounts, because the
         command total that reconciliation compares them with is untaxed.
         """
-        invoice_id = self._invoice_id(reference)
-        if invoice_id is None:
-            return None
-        (invoice,) = self._read("account.invoice", [invoice_id], INVOICE_FIELDS)
+        return self.fetch_invoices([reference])[reference]
+
+    def fetch_invoices(self, references: list[str]) -> dict[str, InvoiceInfo | None]:
+        """Return the invoice of each reference, as ``fetch_invoice`` does.
+
+        Any number of references takes at most four JSON-RPC requests, plus one per
+        currency not seen before: the sales, their invoices, the credit note
+        lines that point at those invoices' lines, and the credit notes.
+        """
+        invoice_ids = self._invoice_ids(references)
+        wanted = sorted({pk for pk in invoice_ids.values() if pk is not None})
+        invoices = {}
+        if wanted:
+            rows = self._search_read(
+                "account.invoice", [["id", "in", wanted]], INVOICE_FIELDS
+            )
+            invoices = {row["id"]: row for row in rows}
+        credited = self._credited_totals(list(invoices.values()))
+        return {
+            reference: (
+                self._invoice_info(invoices[pk], credited[pk])
+                if pk in invoices
+                else None
+            )
+            for reference, pk in invoice_ids.items()
+        }
+
+    def _invoice_info(self, invoice: dict, credited: Decimal) -> InvoiceInfo:
         currency = self._currency_by_id(invoice["currency"])
-        credited = sum(
-            (abs(note["untaxed_amount"]) for note in self._credit_notes(invoice)),
-            Decimal(0),
-        )
         state = (
             "draft" if invoice["state"] in DRAFT_INVOICE_STATES else invoice["state"]
         )
@@ -273,6 +294,37 @@ class TrytonAdapter(Adapter):
             paid_on=paid_on.isoformat() if isinstance(paid_on, date) else None,
             credited_total=currency.format(credited),
         )
+
+    def _credited_totals(self, invoices: list[dict]) -> dict[int, Decimal]:
+        """Sum the untaxed credit notes of each invoice, as positive amounts.
+
+        A credit note is an invoice, not cancelled, with a line whose origin
+        is a line of the credited invoice.
+        """
+        credited = {invoice["id"]: Decimal(0) for invoice in invoices}
+        origins = {
+            f"account.invoice.line,{line_id}": invoice["id"]
+            for invoice in invoices
+            for line_id in invoice["lines"]
+        }
+        if not origins:
+            return credited
+        lines = self._search_read(
+            "account.invoice.line",
+            [["origin", "in", sorted(origins)], ["invoice.state", "!=", "cancelled"]],
+            ["invoice", "origin"],
+        )
+        notes_of = defaultdict(set)
+        for line in lines:
+            notes_of[origins[line["origin"]]].add(line["invoice"])
+        note_ids = sorted(set().union(*notes_of.values()))
+        if not note_ids:
+            return credited
+        notes = self._read("account.invoice", note_ids, ["untaxed_amount"])
+        amounts = {note["id"]: abs(note["untaxed_amount"]) for note in notes}
+        for invoice_id, ids in notes_of.items():
+            credited[invoice_id] = sum((amounts[pk] for pk in ids), Decimal(0))
+        return credited
 
     # Reading
 
@@ -810,13 +862,27 @@ class TrytonAdapter(Adapter):
         finally:
             self.rpc.call(f"{wizard}.delete", session_id, context=context)
 
-    def _invoice_id(self, reference: str) -> int | None:
-        if reference.startswith("account.invoice:"):
-            return _parse_reference(reference, "account.invoice")
-        sale_id = _parse_reference(reference, "sale.sale")
-        sales = self._read("sale.sale", [sale_id], ["invoices"])
-        invoices = sorted(sales[0]["invoices"]) if sales else []
-        return invoices[0] if invoices else None
+    def _invoice_ids(self, references: list[str]) -> dict[str, int | None]:
+        """Return the first invoice id of each sale or invoice reference."""
+        ids, sale_ids = {}, {}
+        for reference in references:
+            if reference.startswith("account.invoice:"):
+                ids[reference] = _parse_reference(reference, "account.invoice")
+            else:
+                sale_ids[reference] = _parse_reference(reference, "sale.sale")
+        if sale_ids:
+            sales = self._search_read(
+                "sale.sale",
+                [["id", "in", sorted(set(sale_ids.values()))]],
+                ["invoices"],
+            )
+            first = {
+                sale["id"]: min(sale["invoices"]) if sale["invoices"] else None
+                for sale in sales
+            }
+            for reference, sale_id in sale_ids.items():
+                ids[reference] = first.get(sale_id)
+        return ids
 
 
 def _parse_reference(reference: str, model: str) -> int:
