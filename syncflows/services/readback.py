@@ -445,7 +445,16 @@ def retry_deferred_reads(now=None) -> int:
     retried, queued = 0, False
     for run in _due_runs(now):
         if _superseded_by_later_run(run):
-            SyncRun.objects.filter(pk=run.pk).update(state=SyncRun.State.SUPERSEDED)
+            with transaction.atomic():
+                SyncRun.objects.filter(pk=run.pk).update(state=SyncRun.State.SUPERSEDED)
+                # The ledger row lets the dashboard's summary see the change.
+                ledger.write(
+                    Step.SUPERSEDE,
+                    f"Deferred read-back of run {run.pk} dropped: a later run of the "
+                    "same brief and record has succeeded.",
+                    record_key=run.record.record_key,
+                    run=run,
+                )
             continue
         token = _deferral.set(run.error_detail.get("deferral", 0))
         try:
