@@ -39,8 +39,8 @@ def log_context(**ids):
         raise TypeError(
             f"log_context() got unknown ids {unknown}; use {', '.join(ID_KEYS)}."
         )
-    given = {key: value for key, value in ids.items() if value is not None}
-    token = _current_ids.set({**_current_ids.get(), **given})
+    present = {key: value for key, value in ids.items() if value is not None}
+    token = _current_ids.set({**_current_ids.get(), **present})
     try:
         yield
     finally:

@@ -170,7 +170,7 @@ MESHLINE_DISPATCH_CONCURRENCY = env_int("MESHLINE_DISPATCH_CONCURRENCY", 4, mini
 # ingest command use it; a live console leaves it off.
 MESHLINE_SYNC_PIPELINE = env_bool("MESHLINE_SYNC_PIPELINE", False)
 MESHLINE_BASE_URL = env_str("MESHLINE_BASE_URL", "http://127.0.0.1:8000")
-# Where the pace of CRM API calls is kept. "auto" shares it between all worker
+# The store for the pace of CRM API calls. "auto" shares it between all worker
 # processes (in Redis when Q_BROKER is a Redis URL, else in PostgreSQL), except
 # on SQLite, where each process keeps its own. "process" keeps it per process.
 MESHLINE_CRM_PACER = env_str("MESHLINE_CRM_PACER", "auto")

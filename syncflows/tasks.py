@@ -17,36 +17,29 @@ SWEEP_AFTER_SECONDS = 60
 
 
 def enqueue_changes(change_ids: list[int]) -> None:
-    """Queue processing of record changes, to run once they are committed.
-
-    On the ORM broker the task row is written in the caller's transaction, so
-    the changes and their task commit together, with one commit. Any other
-    broker receives the task after the commit."""
-    ids = list(change_ids)
-    if settings.MESHLINE_SYNC_PIPELINE:
-        transaction.on_commit(lambda: process_changes_task(ids))
-        return
-    from django_q.tasks import async_task
-
-    def send():
-        async_task("syncflows.tasks.process_changes_task", ids, group="pipeline")
-
-    if settings.Q_CLUSTER.get("orm") and transaction.get_connection().in_atomic_block:
-        send()
-    else:
-        transaction.on_commit(send)
+    """Queue processing of record changes, to run once they are committed."""
+    _enqueue(process_changes_task, change_ids)
 
 
 def enqueue_deliveries(delivery_ids: list[int]) -> None:
-    """Queue normalising of stored deliveries, as ``enqueue_changes`` does."""
-    ids = list(delivery_ids)
+    """Queue normalising of stored deliveries, to run once they are committed."""
+    _enqueue(normalise_deliveries_task, delivery_ids)
+
+
+def _enqueue(task, ids) -> None:
+    """Queue ``task(ids)`` for a worker, or run it inline after the commit.
+
+    On the ORM broker the task row is written in the caller's transaction, so
+    the rows and their task commit together, with one commit. Any other
+    broker receives the task after the commit."""
+    ids = list(ids)
     if settings.MESHLINE_SYNC_PIPELINE:
-        transaction.on_commit(lambda: normalise_deliveries_task(ids))
+        transaction.on_commit(lambda: task(ids))
         return
     from django_q.tasks import async_task
 
     def send():
-        async_task("syncflows.tasks.normalise_deliveries_task", ids, group="pipeline")
+        async_task(f"syncflows.tasks.{task.__name__}", ids, group="pipeline")
 
     if settings.Q_CLUSTER.get("orm") and transaction.get_connection().in_atomic_block:
         send()

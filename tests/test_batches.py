@@ -66,7 +66,7 @@ def queries(function, *args, **kwargs):
     return result, len(captured.captured_queries)
 
 
-def test_processing_takes_the_same_queries_for_5_and_40_changes(pipedrive):
+def test_pipeline_queries_constant_in_batch_size(pipedrive):
     # Warm the lookup cache, which the first batch of a process reads.
     process_changes(deliver_many(pipedrive, 1000, 1))
     few, few_queries = queries(process_changes, deliver_many(pipedrive, 2000, 5))
@@ -78,7 +78,7 @@ def test_processing_takes_the_same_queries_for_5_and_40_changes(pipedrive):
     assert Command.objects.filter(state=Command.State.PENDING).count() == 46
 
 
-def test_dispatch_takes_the_same_queries_for_5_and_18_commands(pipedrive):
+def test_dispatch_queries_constant_in_batch_size(pipedrive):
     # Both fit in the first claim of a dispatch run (20 commands); later
     # claims take 100 while every command goes to a batch adapter.
     process_changes(deliver_many(pipedrive, 1000, 1))
@@ -95,7 +95,7 @@ def test_dispatch_takes_the_same_queries_for_5_and_18_commands(pipedrive):
     assert totals["pipedrive:deal:2000"] == Decimal("100.500")
 
 
-def test_a_backlog_of_one_change_tasks_is_processed_in_batches(pipedrive):
+def test_task_backlog_runs_in_batches(pipedrive):
     from syncflows.tasks import process_changes_task
 
     change_ids = deliver_many(pipedrive, 8000, 30)
@@ -107,7 +107,7 @@ def test_a_backlog_of_one_change_tasks_is_processed_in_batches(pipedrive):
     assert (ran, count) == (0, 1)
 
 
-def test_a_batch_writes_the_ledger_of_each_change_in_order(pipedrive):
+def test_batch_ledger_rows_per_change(pipedrive):
     change_ids = deliver_many(pipedrive, 4000, 3)
     command_ids = process_changes(change_ids)
     dispatch_due(worker="w1")
@@ -140,7 +140,7 @@ def test_a_batch_writes_the_ledger_of_each_change_in_order(pipedrive):
         assert order.invoice_number == f"INV-{order.pk:06d}"
 
 
-def test_a_failing_change_opens_its_case_and_the_rest_of_the_batch_goes_on(pipedrive):
+def test_batch_failing_change_opens_case(pipedrive):
     good = deliver(pipedrive, 5001, "250.00") + deliver(pipedrive, 5002, "75.25")
     bad = deliver(pipedrive, 5003, "not-an-amount")
     last = deliver(pipedrive, 5004, "10.00")
@@ -159,7 +159,7 @@ def test_a_failing_change_opens_its_case_and_the_rest_of_the_batch_goes_on(piped
     ]
 
 
-def test_two_changes_of_one_record_in_a_batch_give_one_command(pipedrive):
+def test_batch_two_changes_one_command(pipedrive):
     first = deliver(pipedrive, 6001, "300.00", when=WHEN)
     again = deliver(pipedrive, 6001, "300.00", when=WHEN.replace(minute=5))
     assert len(first + again) == 2
@@ -171,7 +171,7 @@ def test_two_changes_of_one_record_in_a_batch_give_one_command(pipedrive):
     assert unchanged.message.startswith(f"Command {command_ids[0]} already holds this payload")
 
 
-def test_a_changed_amount_supersedes_the_queued_command_within_a_batch(pipedrive):
+def test_batch_changed_amount_supersedes_command(pipedrive):
     (queued,) = process_changes(deliver(pipedrive, 6101, "300.00", when=WHEN))
     changed = deliver(pipedrive, 6101, "320.00", when=WHEN.replace(minute=5))
     other = deliver(pipedrive, 6102, "20.00")
@@ -191,11 +191,11 @@ def test_a_changed_amount_supersedes_the_queued_command_within_a_batch(pipedrive
     ]
 
 
-def test_a_sandbox_batch_mixes_new_found_and_rejected_commands(pipedrive):
+def test_sandbox_batch_new_found_rejected(pipedrive):
     process_changes(deliver(pipedrive, 7001, "40.00"))
     dispatch_due(worker="w1")
     existing = SandboxOrder.objects.get()
-    # The outcome of the first command is lost: the ERP holds the order, but
+    # The outcome of the first command is lost: the ERP contains the order, but
     # the command is open again, as after a worker died.
     command = Command.objects.get()
     Command.objects.filter(pk=command.pk).update(state=Command.State.PENDING, claimed_by="")

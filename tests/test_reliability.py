@@ -13,7 +13,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.datastructures import CaseInsensitiveMapping

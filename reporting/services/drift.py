@@ -247,9 +247,8 @@ def drift_guard(command, *, checked=False):
 
 
 def drift_guard_many(commands) -> dict:
-    """The guard for a batch of commands: a fixed number of queries when
-    nothing has drifted, and the single guard's verdict for a command that is
-    held."""
+    """Check a batch of commands with a fixed number of queries when nothing
+    has drifted; return the single guard's verdict for each held command."""
     records = {command.record_id: command.record for command in commands}
     pairs = {(record.connector_id, record.object_type) for record in records.values()}
     schemas = {

@@ -334,7 +334,7 @@ def _summary_segments() -> dict:
 
 
 def sync_summary_source(filters: Filters, brief_ids) -> Source:
-    """The rows of ``sync_source``, summed per slot."""
+    """Return the rows of ``sync_source``, summed per slot."""
     return Source(
         _summary_rows(SyncSummary, filters, brief_ids),
         "slot",
@@ -344,7 +344,7 @@ def sync_summary_source(filters: Filters, brief_ids) -> Source:
 
 
 def expected_summary_source(filters: Filters, brief_ids) -> Source:
-    """The rows of ``expected_source``, summed per slot and currency."""
+    """Return the rows of ``expected_source``, summed per slot and currency."""
     rows = _summary_rows(RevenueSummary, filters, brief_ids).annotate(
         kpi_currency=F("currency")
     )
@@ -359,7 +359,7 @@ def _invoice_summary_rows(filters: Filters, brief_ids):
 
 
 def accuracy_summary_source(filters: Filters, brief_ids) -> Source:
-    """The rows of ``accuracy_source``, summed per slot."""
+    """Return the rows of ``accuracy_source``, summed per slot."""
     return Source(
         _invoice_summary_rows(filters, brief_ids),
         "slot",
@@ -369,7 +369,7 @@ def accuracy_summary_source(filters: Filters, brief_ids) -> Source:
 
 
 def invoiced_summary_source(filters: Filters, brief_ids) -> Source:
-    """The rows of ``invoiced_source``, summed per slot and currency."""
+    """Return the rows of ``invoiced_source``, summed per slot and currency."""
     rows = (
         _invoice_summary_rows(filters, brief_ids)
         .filter(billed__gt=0)
@@ -379,7 +379,7 @@ def invoiced_summary_source(filters: Filters, brief_ids) -> Source:
 
 
 def cash_summary_source(filters: Filters, brief_ids) -> Source:
-    """The rows of ``cash_source``, summed per payment date."""
+    """Return the rows of ``cash_source``, summed per payment date."""
     rows = CashSummary.objects.filter(
         paid_on__gte=filters.start, paid_on__lte=filters.end
     ).annotate(kpi_bu=_text(F("business_unit")))

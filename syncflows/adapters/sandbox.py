@@ -1,7 +1,7 @@
 """The sandbox ERP adapter: real validation rules, writes only to its own tables.
 
 Every write runs in its own transaction (one for a batch), committed before
-the dispatcher records the outcome, the way a remote ERP commits before its answer can be
+the dispatcher records the outcome, the way a remote ERP commits before its response can be
 lost. So ``find_existing`` after a crash finds the order, exactly as it would
 in a real ERP.
 """

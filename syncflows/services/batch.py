@@ -5,7 +5,7 @@ The pipeline plans each change of a batch in Python and hands its rows to a
 commands, the runs, the ledger rows and the new statuses with a bulk insert or
 a single UPDATE each. A change whose outcome needs more than plain rows (a
 failure that opens a case, a CRM read-back, a shadow version, a superseded
-command) raises ``NeedsOwnTransaction``; the pipeline then flushes what the
+command) raises ``NeedsOwnTransaction``. The pipeline then flushes what the
 batch contains and processes that change on its own, the way it always did.
 """
 

@@ -3,7 +3,7 @@
 The webhook endpoint looks up its connector on every request. A worker
 process keeps each active connector for a few seconds, so a burst of
 deliveries costs one query, not one each. Saving or deleting a connector
-clears the cache of the process that saved it at once; other processes see
+clears the cache of the process that saved it at once. Other processes read
 the change within ``CACHE_SECONDS``, so a deactivated connector or a removed
 secret may still accept deliveries for that long.
 """

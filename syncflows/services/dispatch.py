@@ -196,14 +196,7 @@ def _run_command(command_id: int, worker: str) -> str:
     verdict = check_dispatch_guards(command)
     if verdict is not None:
         return _hold(command, worker, *verdict)
-    adapter = _adapter_or_failure(command, worker)
-    if adapter is None:
-        return Command.State.FAILED
-    try:
-        outcome = adapter.run(_command_data(command))
-    except Exception as exc:  # every adapter error is classified, never lost
-        return _fail_with(adapter, command, worker, exc)
-    return _succeed(command, worker, command.attempts + 1, outcome)
+    return _run_loaded(command, worker)
 
 
 def _fail_with(adapter, command, worker: str, exc: Exception) -> str:
@@ -223,6 +216,7 @@ def run_batch(command_ids, worker: str, pool=None) -> int:
         for command in commands:
             release_claim(command.pk, worker)
         return 0
+
     batched = 0
     for command in commands:
         _log_start(command, worker)
@@ -234,6 +228,7 @@ def run_batch(command_ids, worker: str, pool=None) -> int:
                 _hold(command, worker, *verdicts[command.pk])
         else:
             by_destination.setdefault(command.destination_id, []).append(command)
+
     single = []
     for group in by_destination.values():
         adapter = _adapter_or_failure(group[0], worker)
@@ -246,6 +241,7 @@ def run_batch(command_ids, worker: str, pool=None) -> int:
                 _run_adapter_batch(adapter, group[start : start + adapter.batch_size], worker)
         else:
             single.extend(group)
+
     if pool is None:
         for command in single:
             _run_loaded_unless_stopping(command, worker)
@@ -629,7 +625,7 @@ def dispatch_due(
         batched = run_batch(ids, worker, pool)
         total += len(ids)
         # Claim a whole batch next time only while every command went to a
-        # batch adapter; a claim for threads stays small, so that other
+        # batch adapter. A claim for threads stays small, so that other
         # workers share the queue.
         size = limit or (CLAIM_BATCH if batched == len(ids) else threaded_limit)
     return total

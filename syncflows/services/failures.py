@@ -93,11 +93,7 @@ def report_success(command) -> None:
 
 def report_successes(commands) -> None:
     for handler in _success_handlers:
-        if len(commands) == 1:
-            with log_context(command_id=commands[0].pk):
-                handler(commands)
-        else:
-            handler(commands)
+        handler(commands)
 
 
 _dispatch_guards = []
@@ -105,7 +101,7 @@ _dispatch_guards = []
 
 def register_dispatch_guard(guard, *, many=None) -> None:
     """Register ``guard(command) -> (reason_code, message) | None``, asked before
-    each command is sent. A non-None verdict holds the command for review.
+    each command is sent. A non-None verdict puts the command on hold for review.
 
     ``many(commands) -> {command_id: verdict}`` answers for a batch at once;
     without it, the batch calls ``guard`` for each command."""

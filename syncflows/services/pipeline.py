@@ -1,6 +1,6 @@
 """Match, transform, validate and route: from a record change to an outbox command.
 
-Changes are processed in batches; a batch's transaction locks the source
+Changes are processed in batches. A batch's transaction locks the source
 records of its changes, so changes of one record are processed one at a time. The mapping reads the
 record's current state, not the change's snapshot: when two changes of one
 record are processed out of order, both map to the same command.
@@ -107,8 +107,8 @@ def _claim_changes(ids, fill: bool) -> list:
 def _process_batch(changes, config) -> list[int]:
     if not changes:
         return []
-    # Lock the records in id order, so two workers never wait on each other
-    # in a cycle.
+    # Lock the records in id order, so that two batches cannot deadlock on
+    # each other.
     records = {
         record.pk: record
         for record in SourceRecord.objects.select_for_update(of=("self",))
@@ -121,7 +121,7 @@ def _process_batch(changes, config) -> list[int]:
     for change in changes:
         record = records[change.record_id]
         if batch.holds_record(record.pk):
-            # A second change of a record in one batch sees the first one's rows.
+            # Flush first, so a second change of a record reads the first one's rows.
             command_ids.extend(batch.flush())
         if not record.parent_id:
             batch.begin_change(change)

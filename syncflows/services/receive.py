@@ -73,8 +73,8 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None, defer=False)
 
     With ``defer``, as the webhook endpoint does, the delivery and its events
     (the dedupe rows) are stored, and a worker applies the events to their
-    records later (``normalise_delivery``), so the CRM gets its answer after
-    a few inserts. Without it, the events are applied in the same
+    records later (``normalise_delivery``), so the CRM gets its response
+    after a few inserts. Without it, the events are applied in the same
     transaction."""
     kind = get_kind(connector.kind)
     content_hash = hashlib.sha256(request.body).hexdigest()
@@ -170,7 +170,7 @@ def normalise_delivery(delivery_id: int) -> ReceiveResult | None:
     """Apply the events of a delivery stored with ``defer`` to their records.
 
     Return None when the delivery is not waiting, for example because another
-    worker holds it or has done it. The body is parsed again, which gives the
+    worker has locked or normalised it. The body is parsed again, which gives the
     same events, matched to the stored ones by position."""
     for attempt in range(3):
         try:
@@ -202,31 +202,13 @@ def _normalise_stored(delivery_id: int) -> ReceiveResult | None:
     try:
         parsed = get_kind(connector.kind).parse(connector, request)
     except ParseError as exc:
-        # The endpoint parsed this body before storing it, so only a changed
-        # parser or connector setting gets here. The delivery waits in
-        # quarantine for a replay, and its events, never applied, are removed
-        # so that the replay does not take them for duplicates.
-        delivery.events.filter(change__isnull=True).delete()
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=Delivery.Status.QUARANTINED, error=exc.message, error_code=exc.code
-        )
-        ledger.write(
-            Step.QUARANTINE,
-            f"Delivery {delivery.pk} quarantined: {exc.message}",
-            ok=False,
-            connector=connector,
-            delivery=delivery,
-        )
-        logger.warning(
-            "Quarantined delivery %s when normalising it: %s",
-            delivery.pk,
-            exc.code,
-            extra={"delivery_id": delivery.pk},
-        )
+        _quarantine_stored(delivery, exc)
         return None
+
     events = list(delivery.events.filter(change__isnull=True).order_by("id"))
     for event in events:
         event.connector = connector
+
     result = ReceiveResult("accepted", delivery=delivery, accepted=len(events))
     # The caller processes the changes itself, so they are not queued.
     pairs = [(event, parsed[event.position]) for event in events]
@@ -240,6 +222,31 @@ def _normalise_stored(delivery_id: int) -> ReceiveResult | None:
         extra={"delivery_id": delivery.pk},
     )
     return result
+
+
+def _quarantine_stored(delivery, exc: ParseError) -> None:
+    """Quarantine a stored delivery that no longer parses.
+
+    The endpoint parsed this body before storing it, so only a changed
+    parser or connector setting gets here. The events, never applied, are
+    removed so that a replay does not take them for duplicates."""
+    delivery.events.filter(change__isnull=True).delete()
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status=Delivery.Status.QUARANTINED, error=exc.message, error_code=exc.code
+    )
+    ledger.write(
+        Step.QUARANTINE,
+        f"Delivery {delivery.pk} quarantined: {exc.message}",
+        ok=False,
+        connector=delivery.connector,
+        delivery=delivery,
+    )
+    logger.warning(
+        "Quarantined delivery %s when normalising it: %s",
+        delivery.pk,
+        exc.code,
+        extra={"delivery_id": delivery.pk},
+    )
 
 
 def _stored_request(delivery, *, verified: bool) -> DeliveryRequest:
