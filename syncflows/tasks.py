@@ -26,6 +26,47 @@ def enqueue_deliveries(delivery_ids: list[int]) -> None:
     _enqueue(normalise_deliveries_task, delivery_ids)
 
 
+def delivery_task_rows(delivery_ids: list[int]) -> list | None:
+    """Return the django-q2 queue row for normalising these deliveries, for
+    the caller to insert with its own rows, or None when the task is not a
+    row to insert: on another broker, or with the pipeline inline. The
+    caller then queues it with ``enqueue_deliveries`` after its commit."""
+    from django_q.conf import Conf
+    from django_q.tasks import async_task
+
+    if settings.MESHLINE_SYNC_PIPELINE or not Conf.ORM or Conf.BROKER_CLASS or Conf.SYNC:
+        return None
+
+    queue = _HeldQueue()
+    async_task(
+        f"syncflows.tasks.{normalise_deliveries_task.__name__}",
+        list(delivery_ids),
+        group="pipeline",
+        broker=queue,
+    )
+    return queue.rows
+
+
+class _HeldQueue:
+    """A stand-in for django-q2's ORM broker that keeps the queue row it is
+    given, unsaved, instead of inserting it. The row is the one
+    ``django_q.brokers.orm.ORM.enqueue`` writes."""
+
+    def __init__(self):
+        from django_q.conf import Conf
+
+        self.list_key = Conf.CLUSTER_NAME
+        self.rows = []
+
+    def enqueue(self, package):
+        from django_q.models import OrmQ
+
+        self.rows.append(OrmQ(key=self.list_key, payload=package, lock=timezone.now()))
+        # django-q2 logs this as the queue row's id, which exists only once
+        # the caller has inserted the row.
+        return "(written with the caller's rows)"
+
+
 def _enqueue(task, ids) -> None:
     """Queue ``task(ids)`` for a worker, or run it inline after the commit.
 

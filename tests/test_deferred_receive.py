@@ -1,16 +1,23 @@
 """The deferred receive path: replays, duplicates inside a batch, and the trace."""
 
+import base64
 import json
 
 from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.datastructures import CaseInsensitiveMapping
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
 
 from syncflows.connectors import DeliveryRequest
 from syncflows.demo import _cpq_quote, _hubspot_won
 from syncflows.models import Connector, Delivery, InboundEvent, LedgerEntry, RecordChange
+from syncflows.services.connectors import active_connector
 from syncflows.services.receive import normalise_delivery, receive, replay_delivery
 from syncflows.services.trace import build_trace
+from syncflows.tasks import normalise_deliveries_task
 from tests.conftest import FIXTURES
 
 
@@ -79,3 +86,78 @@ def test_trace_shows_whole_path(demo, send):
     steps = [entry["step"] for entry in build_trace("pipedrive:deal:9")["entries"]]
     for step in ("receive", "normalise", "match", "transform", "validate", "route", "enqueue", "execute"):
         assert step in steps, step
+
+
+def post_pipedrive(client, body: bytes):
+    token = base64.b64encode(b"meshline:demo-pipedrive-password").decode()
+    return client.generic(
+        "POST",
+        "/api/v1/inbound/pipedrive/",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Basic {token}",
+    )
+
+
+def test_new_delivery_one_insert(demo, client, settings):
+    """On PostgreSQL a delivery of new events costs two statements: one takes
+    the delivery id and checks for stored events, one insert writes the
+    delivery, its event, its ledger row and its django-q2 task row."""
+    settings.MESHLINE_SYNC_PIPELINE = False
+    active_connector("pipedrive")  # cached, as on a warm server
+    body = (FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_bytes()
+    with CaptureQueriesContext(connection) as queries:
+        response = post_pipedrive(client, body)
+    assert response.status_code == 200, response.content
+    statements = [
+        query["sql"] for query in queries.captured_queries
+        if not query["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("SELECT nextval(")
+    assert statements[1].startswith("WITH ")
+
+    delivery = Delivery.objects.get()
+    assert delivery.status == Delivery.Status.RECEIVED
+    assert bytes(delivery.body) == body
+    assert "Authorization" not in delivery.headers
+    event = InboundEvent.objects.get()
+    assert (event.delivery_id, event.object_type, event.record_id) == (delivery.pk, "deal", "9")
+    receipt = LedgerEntry.objects.get()
+    assert receipt.step == LedgerEntry.Step.RECEIVE
+    assert receipt.delivery_id == delivery.pk
+    assert receipt.message == f"Delivery {delivery.pk} accepted with 1 new event(s) and 0 duplicate(s)."
+    task = SignedPackage.loads(OrmQ.objects.get().payload)
+    assert task["func"] == "syncflows.tasks.normalise_deliveries_task"
+    assert task["args"] == ([delivery.pk],)
+
+    settings.MESHLINE_SYNC_PIPELINE = True
+    normalise_deliveries_task([delivery.pk])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.ACCEPTED
+    assert RecordChange.objects.get().event_id == event.pk
+
+
+def test_concurrent_event_becomes_duplicate(demo, client, settings, monkeypatch):
+    """A concurrent receiver stores the same event between the check and the
+    insert. The insert then writes nothing, and the general path records the
+    delivery as a duplicate of the other receiver's event."""
+    from syncflows.services import receive as receiving
+
+    body = (FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_bytes()
+    real_insert = receiving.insert_together
+
+    def other_receiver_first(groups):
+        monkeypatch.setattr(receiving, "insert_together", real_insert)
+        assert post_pipedrive(client, body).status_code == 200
+        real_insert(groups)
+
+    monkeypatch.setattr(receiving, "insert_together", other_receiver_first)
+    response = post_pipedrive(client, body)
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "duplicate"
+    stored = InboundEvent.objects.get()
+    assert Delivery.objects.get().pk == stored.delivery_id
+    duplicate = LedgerEntry.objects.get(step=LedgerEntry.Step.DUPLICATE)
+    assert duplicate.message.startswith(f"Duplicate of inbound event {stored.pk} ")
+    assert LedgerEntry.objects.filter(step=LedgerEntry.Step.RECEIVE).count() == 1

@@ -10,9 +10,10 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from meshline.db import insert_together
 from meshline.logging import log_context
 from meshline.models import UsedSignature
 from syncflows.connectors import DeliveryRejected, DeliveryRequest, ParseError, get_kind
@@ -107,10 +108,13 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None, defer=False)
         )
         return ReceiveResult("quarantined", delivery=delivery, error=exc)
 
+    result = None
+    if defer and connection.vendor == "postgresql":
+        result = _store_at_once(connector, request, content_hash, parsed, replay_of, signature)
     # A concurrent receiver may insert the same event between the dedupe
     # check and the insert; the unique constraint then aborts this attempt,
     # and the next attempt finds that event and records a duplicate.
-    for attempt in range(3):
+    for attempt in range(0 if result else 3):
         try:
             with transaction.atomic():
                 claim_signature(connector, signature)
@@ -342,8 +346,15 @@ def _store_failed(connector, request, content_hash, status, exc, replay_of, sign
 
 
 def _new_delivery(connector, request, content_hash, status, replay_of) -> Delivery:
+    delivery = _build_delivery(connector, request, content_hash, status, replay_of)
+    delivery.save(force_insert=True)
+    return delivery
+
+
+def _build_delivery(connector, request, content_hash, status, replay_of, pk=None) -> Delivery:
     headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
-    return Delivery.objects.create(
+    return Delivery(
+        pk=pk,
         connector=connector,
         received_at=request.received_at,
         source=request.source,
@@ -397,19 +408,97 @@ def _store_events(connector, request, content_hash, parsed, replay_of, defer: bo
     status = Delivery.Status.RECEIVED if defer else Delivery.Status.ACCEPTED
     delivery = _new_delivery(connector, request, content_hash, status, replay_of)
     result.delivery = delivery
-    rows.append(
-        ledger.build(
-            Step.RECEIVE,
-            f"Delivery {delivery.pk} accepted with {len(fresh)} new event(s) "
-            f"and {result.duplicates} duplicate(s).",
-            connector=connector,
-            delivery=delivery,
-        )
+    rows.append(_receive_row(connector, delivery, len(fresh), result.duplicates))
+    events = _build_events(connector, request, delivery, fresh)
+    InboundEvent.objects.bulk_create(events)
+    stored_ids = {event.dedupe_key: event.pk for event in events}
+    for row, event in repeats:
+        row.message = _duplicate_message(stored_ids[event.dedupe_key[:200]], event)
+    ledger.LedgerEntry.objects.bulk_create(rows)
+    result.accepted = len(fresh)
+    return result, [(event, parsed_event) for event, (_position, parsed_event) in zip(events, fresh)]
+
+
+# The dedupe constraint's index serves the EXISTS.
+_TAKE_ID_AND_CHECK = (
+    f"SELECT nextval(pg_get_serial_sequence('{Delivery._meta.db_table}', 'id')), "
+    f"EXISTS (SELECT 1 FROM {InboundEvent._meta.db_table} "
+    "WHERE connector_id = %s AND dedupe_key = ANY(%s))"
+)
+
+
+def _store_at_once(connector, request, content_hash, parsed, replay_of, signature):
+    """Store a delivery of new events with one query and one insert, on
+    PostgreSQL, and return the result.
+
+    Return None when the delivery needs the general path: an event is
+    already stored, an event repeats inside the delivery, or a concurrent
+    receiver wrote a unique row first.
+
+    The query takes the delivery's id from its sequence and checks for
+    stored events. The insert writes the delivery, its events, the ledger
+    row, the used signature and, on the ORM broker, the task row, in one
+    statement, which is its own transaction."""
+    from syncflows.tasks import delivery_task_rows, enqueue_deliveries
+
+    keys = [event.dedupe_key for event in parsed]
+    if not keys or len(set(keys)) != len(keys):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKE_ID_AND_CHECK, [connector.pk, keys])
+        delivery_id, seen = cursor.fetchone()
+    if seen:
+        return None
+
+    delivery = _build_delivery(
+        connector, request, content_hash, Delivery.Status.RECEIVED, replay_of, pk=delivery_id
     )
+    fresh = list(enumerate(parsed))
+    events = _build_events(connector, request, delivery, fresh)
+    used = [UsedSignature(connector_id=connector.pk, digest=signature)] if signature else []
+    task_rows = delivery_task_rows([delivery_id])
+    try:
+        insert_together(
+            [
+                [delivery],
+                events,
+                [_receive_row(connector, delivery, len(events), 0)],
+                used,
+                task_rows or [],
+            ]
+        )
+    except (IntegrityError, OperationalError) as exc:
+        if not _is_retryable(exc):
+            raise
+        logger.info(
+            "Delivery for connector %s met a concurrent write (%s); storing it on the "
+            "general path",
+            connector.slug,
+            type(exc).__name__,
+        )
+        return None
+    if task_rows is None:
+        enqueue_deliveries([delivery_id])
+    return ReceiveResult("accepted", delivery=delivery, accepted=len(events), stale=None)
+
+
+def _receive_row(connector, delivery, accepted: int, duplicates: int):
+    return ledger.build(
+        Step.RECEIVE,
+        f"Delivery {delivery.pk} accepted with {accepted} new event(s) "
+        f"and {duplicates} duplicate(s).",
+        connector=connector,
+        delivery=delivery,
+    )
+
+
+def _build_events(connector, request, delivery, fresh) -> list[InboundEvent]:
+    """Build the unsaved events of ``(position, parsed event)`` pairs, and
+    sort the pairs in place, oldest first, as the events are."""
     # Apply oldest first, so that a batch whose events arrive out of order
     # still builds the state in the order the CRM made the changes.
     fresh.sort(key=lambda item: (item[1].occurred_at, item[1].sequence or 0, item[0]))
-    events = [
+    return [
         InboundEvent(
             delivery=delivery,
             connector=connector,
@@ -426,13 +515,6 @@ def _store_events(connector, request, content_hash, parsed, replay_of, defer: bo
         )
         for position, parsed_event in fresh
     ]
-    InboundEvent.objects.bulk_create(events)
-    stored_ids = {event.dedupe_key: event.pk for event in events}
-    for row, event in repeats:
-        row.message = _duplicate_message(stored_ids[event.dedupe_key[:200]], event)
-    ledger.LedgerEntry.objects.bulk_create(rows)
-    result.accepted = len(fresh)
-    return result, [(event, parsed_event) for event, (_position, parsed_event) in zip(events, fresh)]
 
 
 def _duplicate_message(stored_id, event) -> str:
