@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.test.utils import override_settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "crm"
@@ -19,6 +20,18 @@ def load_case(case_id: str) -> dict:
         if case["id"] == case_id:
             return case
     raise LookupError(case_id)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """Hash test passwords with MD5, which is fast and weak, in tests only.
+
+    One hash with Django's default PBKDF2 (1,000,000 iterations) took 0.55 s
+    on this machine, and the suite creates and logs in hundreds of users."""
+    override = override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"])
+    override.enable()
+    yield
+    override.disable()
 
 
 @pytest.fixture(autouse=True)
