@@ -10,6 +10,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +73,34 @@ def _enqueue(task, ids) -> None:
 
     On the ORM broker the task row is written in the caller's transaction, so
     the rows and their task commit together, with one commit. Any other
-    broker receives the task after the commit."""
+    broker receives the task after the commit. When Redis fails then, the
+    error is logged and not raised: the rows are committed, and the minute
+    sweep runs the task for deliveries and changes left waiting."""
     ids = list(ids)
     if settings.MESHLINE_SYNC_PIPELINE:
         transaction.on_commit(lambda: task(ids))
         return
     from django_q.tasks import async_task
 
-    def send():
-        async_task(f"syncflows.tasks.{task.__name__}", ids, group="pipeline")
-
     if settings.Q_CLUSTER.get("orm") and transaction.get_connection().in_atomic_block:
-        send()
-    else:
-        transaction.on_commit(send)
+        async_task(f"syncflows.tasks.{task.__name__}", ids, group="pipeline")
+        return
+
+    def send():
+        try:
+            async_task(f"syncflows.tasks.{task.__name__}", ids, group="pipeline")
+        except RedisError as exc:
+            logger.error(
+                "Queueing %s for %s on Redis failed (%s: %s). The rows are committed, and "
+                "the minute sweep runs the task for them once they have waited %s s.",
+                task.__name__,
+                ids,
+                type(exc).__name__,
+                exc,
+                SWEEP_AFTER_SECONDS,
+            )
+
+    transaction.on_commit(send)
 
 
 def enqueue_dispatch() -> None:

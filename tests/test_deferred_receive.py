@@ -1,8 +1,11 @@
-"""The deferred receive path: replays, duplicates inside a batch, and the trace."""
+"""The deferred receive path: replays, duplicates inside a batch, a broker
+failure and the trace."""
 
 import base64
 import json
+import logging
 
+import redis
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -161,3 +164,32 @@ def test_concurrent_event_becomes_duplicate(demo, client, settings, monkeypatch)
     duplicate = LedgerEntry.objects.get(step=LedgerEntry.Step.DUPLICATE)
     assert duplicate.message.startswith(f"Duplicate of inbound event {stored.pk} ")
     assert LedgerEntry.objects.filter(step=LedgerEntry.Step.RECEIVE).count() == 1
+
+
+def test_broker_down_after_store_accepted(demo, send, settings, monkeypatch, caplog):
+    """On the Redis broker the task is sent after the delivery is committed.
+    When Redis is unreachable the delivery is still stored, so the CRM gets
+    200 and the minute sweep normalises the delivery later."""
+    from django_q import tasks as django_q_tasks
+    from django_q.conf import Conf
+
+    settings.MESHLINE_SYNC_PIPELINE = False
+    settings.Q_CLUSTER = {key: value for key, value in settings.Q_CLUSTER.items() if key != "orm"}
+    monkeypatch.setattr(Conf, "ORM", None)
+
+    def unreachable(*args, **kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(django_q_tasks, "async_task", unreachable)
+    caplog.set_level(logging.ERROR, logger="syncflows.tasks")
+
+    body = (FIXTURES / "pipedrive_webhook_v1_updated_deal.json").read_bytes()
+    response = send.pipedrive(json.loads(body))
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "accepted"
+    delivery = Delivery.objects.get()
+    assert delivery.status == Delivery.Status.RECEIVED
+    assert InboundEvent.objects.get().delivery_id == delivery.pk
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(f"[{delivery.pk}]" in message and "sweep" in message for message in messages), messages

@@ -21,6 +21,7 @@ from syncflows.models import Delivery, InboundEvent, RecordChange
 from syncflows.services import ledger
 from syncflows.services.errors import ActionRefused
 from syncflows.services.normalise import apply_event, record_key
+from syncflows.services.storable import check_storable, stored_dedupe_key
 
 logger = logging.getLogger(__name__)
 Step = ledger.LedgerEntry.Step
@@ -91,6 +92,7 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None, defer=False)
     signature = None if request.verified else signature_digest(connector, request)
     try:
         parsed = kind.parse(connector, request)
+        check_storable(connector, parsed)
     except ParseError as exc:
         try:
             delivery = _store_failed(
@@ -107,6 +109,8 @@ def receive(connector, request: DeliveryRequest, *, replay_of=None, defer=False)
             extra={"delivery_id": delivery.pk},
         )
         return ReceiveResult("quarantined", delivery=delivery, error=exc)
+    for event in parsed:
+        event.dedupe_key = stored_dedupe_key(event.dedupe_key)
 
     result = None
     if defer and connection.vendor == "postgresql":
