@@ -148,8 +148,10 @@ def normalise_deliveries_task(delivery_ids: list[int]) -> int:
     The task also takes other deliveries still waiting, so that under a
     backlog their changes are processed and sent in one batch, and the tasks
     that come later find their delivery done."""
+    from django.db import InterfaceError, OperationalError
+
     from syncflows.models import Delivery
-    from syncflows.services.receive import normalise_delivery
+    from syncflows.services.receive import normalise_delivery, quarantine_unnormalised
 
     ids = list(delivery_ids)
     room = NORMALISE_BATCH - len(ids)
@@ -158,7 +160,17 @@ def normalise_deliveries_task(delivery_ids: list[int]) -> int:
         ids += list(waiting.order_by("received_at").values_list("id", flat=True)[:room])
     change_ids = []
     for delivery_id in ids:
-        result = normalise_delivery(delivery_id)
+        try:
+            result = normalise_delivery(delivery_id)
+        except (InterfaceError, OperationalError):
+            # The database is unreachable, so the delivery stays waiting for
+            # the next task or sweep.
+            raise
+        except Exception as exc:
+            # One delivery that cannot be applied must not stop the others,
+            # nor the minute sweep that calls this task.
+            quarantine_unnormalised(delivery_id, exc)
+            continue
         if result is not None:
             change_ids.extend(result.change_ids)
     if not change_ids:

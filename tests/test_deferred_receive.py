@@ -193,3 +193,40 @@ def test_broker_down_after_store_accepted(demo, send, settings, monkeypatch, cap
     assert InboundEvent.objects.get().delivery_id == delivery.pk
     messages = [record.getMessage() for record in caplog.records]
     assert any(f"[{delivery.pk}]" in message and "sweep" in message for message in messages), messages
+
+
+def test_failed_delivery_quarantined_others_applied(db, settings):
+    """A stored delivery whose events no longer fit the database is
+    quarantined, and the other deliveries of the same task are applied.
+
+    The namespace grows after the delivery is stored, so its record key of
+    50 + 64 + 200 characters and two colons overflows the 300 of its column."""
+    connector = Connector.objects.create(
+        slug="relay",
+        name="Relay",
+        kind="generic",
+        namespace="relay",
+        default_currency="EUR",
+        settings={"object_type": "o" * 64, "record_id_path": "id"},
+    )
+    settings.MESHLINE_SYNC_PIPELINE = False
+    long_id = receive(connector, stored_request(json.dumps({"id": "r" * 200}).encode()), defer=True)
+    short_id = receive(connector, stored_request(b'{"id": "short"}'), defer=True)
+    assert long_id.status == "accepted"
+    assert short_id.status == "accepted"
+    connector.namespace = "n" * 50
+    connector.save()
+
+    settings.MESHLINE_SYNC_PIPELINE = True
+    normalise_deliveries_task([long_id.delivery.pk, short_id.delivery.pk])
+    failed = Delivery.objects.get(pk=long_id.delivery.pk)
+    assert failed.status == Delivery.Status.QUARANTINED
+    assert failed.error_code == "normalise_failed"
+    assert failed.error.startswith("Applying the events to their records failed (DataError: ")
+    assert not failed.events.exists()
+    quarantine = LedgerEntry.objects.get(step=LedgerEntry.Step.QUARANTINE)
+    assert quarantine.delivery_id == failed.pk
+    applied = Delivery.objects.get(pk=short_id.delivery.pk)
+    assert applied.status == Delivery.Status.ACCEPTED
+    change = RecordChange.objects.get()
+    assert change.event.delivery_id == applied.pk

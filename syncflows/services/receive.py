@@ -232,11 +232,43 @@ def _normalise_stored(delivery_id: int) -> ReceiveResult | None:
     return result
 
 
+def quarantine_unnormalised(delivery_id: int, exc: Exception) -> None:
+    """Quarantine a stored delivery whose events failed to apply with an
+    unexpected error, so that it is visible and can be replayed after a fix."""
+    logger.error(
+        "Normalising delivery %s failed (%s: %s); quarantining it",
+        delivery_id,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra={"delivery_id": delivery_id},
+    )
+    with log_context(delivery_id=delivery_id), transaction.atomic():
+        delivery = (
+            Delivery.objects.select_for_update(of=("self",))
+            .select_related("connector")
+            .filter(pk=delivery_id, status=Delivery.Status.RECEIVED)
+            .first()
+        )
+        if delivery is None:
+            return
+        detail = f"{type(exc).__name__}: {exc}".strip()[:500]
+        _quarantine_stored(
+            delivery,
+            ParseError(
+                "normalise_failed",
+                f"Applying the events to their records failed ({detail}). "
+                "Fix the cause, then replay the delivery.",
+            ),
+        )
+
+
 def _quarantine_stored(delivery, exc: ParseError) -> None:
     """Quarantine a stored delivery that no longer parses.
 
     The endpoint parsed this body before storing it, so only a changed
-    parser or connector setting gets here. The events, never applied, are
+    parser or connector setting, or an error while applying the events,
+    gets here. The events, never applied, are
     removed so that a replay does not take them for duplicates."""
     delivery.events.filter(change__isnull=True).delete()
     Delivery.objects.filter(pk=delivery.pk).update(
