@@ -1,8 +1,11 @@
 """Receiving a CRM delivery: verify, store, deduplicate and normalise.
 
-Receiving is one transaction: the raw delivery, its events (the dedupe rows)
-and their record changes commit together, and the HTTP answer is sent only
-after the commit. Processing the changes is queued on commit.
+The webhook endpoint stores the raw delivery and its events (the dedupe
+rows) in one transaction, queues a task, and answers only after the
+commit. On PostgreSQL a delivery of new events is stored by a single
+statement. A worker then applies the events to their records and processes
+the changes. Without ``defer``, as for replays, the delivery, its events
+and their record changes commit together.
 """
 
 import hashlib
