@@ -34,7 +34,7 @@ def insert_statement(objs, using: str = "default") -> tuple[str, list]:
         fields = [field for field in fields if not isinstance(field, AutoField)]
     params = []
     for obj in objs:
-        obj._prepare_related_fields_for_save(operation_name="insert_together")
+        obj._prepare_related_fields_for_save(operation_name="insert_statement")
         for field in fields:
             value = field.pre_save(obj, add=True)
             if hasattr(value, "resolve_expression"):
@@ -64,7 +64,10 @@ def insert_together(groups, using: str = "default") -> None:
     groups = [list(objs) for objs in groups if objs]
     connection = connections[using]
     if connection.vendor != "postgresql":
-        raise NotImplementedError("insert_together needs PostgreSQL's data-modifying WITH. Use bulk_create on other databases.")
+        raise NotImplementedError(
+            "insert_together needs PostgreSQL's data-modifying WITH. "
+            "Use bulk_create on other databases."
+        )
     parts = [insert_statement(objs, using) for objs in groups]
     *first, (last_sql, last_params) = parts
     clauses = ", ".join(f"w{index} AS ({sql})" for index, (sql, _params) in enumerate(first))

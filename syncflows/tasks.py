@@ -73,9 +73,10 @@ def _enqueue(task, ids) -> None:
 
     On the ORM broker the task row is written in the caller's transaction, so
     the rows and their task commit together, with one commit. Any other
-    broker receives the task after the commit. When Redis fails then, the
-    error is logged and not raised: the rows are committed, and the minute
-    sweep runs the task for deliveries and changes left waiting."""
+    broker receives the task after the commit. If Redis fails at that point,
+    the error is logged, not raised, because the rows are committed already.
+    The minute sweep then runs the task for deliveries and changes left
+    waiting."""
     ids = list(ids)
     if settings.MESHLINE_SYNC_PIPELINE:
         transaction.on_commit(lambda: task(ids))

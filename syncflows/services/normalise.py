@@ -10,6 +10,7 @@ from datetime import UTC
 
 from django.db import connection
 
+from meshline.db import insert_statement
 from syncflows.models import RecordAlias, RecordChange, SourceRecord
 from syncflows.services import ledger
 
@@ -68,14 +69,12 @@ def _upsert(fresh):
     ``ON CONFLICT DO UPDATE`` locks the existing row as ``SELECT ... FOR
     UPDATE`` would; the no-op update leaves its values alone."""
     meta = SourceRecord._meta
-    fields = [field for field in meta.concrete_fields if not field.primary_key]
-    values = [field.get_db_prep_save(field.pre_save(fresh, add=True), connection) for field in fields]
+    insert_sql, values = insert_statement([fresh], connection.alias)
     quote = connection.ops.quote_name
     columns = [field.column for field in meta.concrete_fields]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) "
+            f"{insert_sql} "
             "ON CONFLICT (record_key) DO UPDATE SET record_key = EXCLUDED.record_key "
             f"RETURNING {', '.join(quote(column) for column in columns)}, (xmax = 0)",
             values,

@@ -1,7 +1,7 @@
 """Receiving a CRM delivery: verify, store, deduplicate and normalise.
 
 The webhook endpoint stores the raw delivery and its events (the dedupe
-rows) in one transaction, queues a task, and answers only after the
+rows) in one transaction, queues a task, and responds only after the
 commit. On PostgreSQL a delivery of new events is stored by a single
 statement. A worker then applies the events to their records and processes
 the changes. Without ``defer``, as for replays, the delivery, its events
@@ -452,7 +452,7 @@ def _store_events(connector, request, content_hash, parsed, replay_of, defer: bo
     InboundEvent.objects.bulk_create(events)
     stored_ids = {event.dedupe_key: event.pk for event in events}
     for row, event in repeats:
-        row.message = _duplicate_message(stored_ids[event.dedupe_key[:200]], event)
+        row.message = _duplicate_message(stored_ids[event.dedupe_key], event)
     ledger.LedgerEntry.objects.bulk_create(rows)
     result.accepted = len(fresh)
     return result, [(event, parsed_event) for event, (_position, parsed_event) in zip(events, fresh)]
@@ -510,8 +510,8 @@ def _store_at_once(connector, request, content_hash, parsed, replay_of, signatur
         if not _is_retryable(exc):
             raise
         logger.info(
-            "Delivery for connector %s met a concurrent write (%s); storing it on the "
-            "general path",
+            "Storing a delivery for connector %s conflicted with a concurrent write (%s); "
+            "retrying on the general path",
             connector.slug,
             type(exc).__name__,
         )
@@ -543,7 +543,8 @@ def _build_events(connector, request, delivery, fresh) -> list[InboundEvent]:
             connector=connector,
             position=position,
             crm_event_id=parsed_event.crm_event_id[:200],
-            dedupe_key=parsed_event.dedupe_key[:200],
+            # receive() has already made every key fit its column.
+            dedupe_key=parsed_event.dedupe_key,
             event_type=parsed_event.event_type[:100],
             object_type=parsed_event.object_type,
             record_id=parsed_event.record_id,
